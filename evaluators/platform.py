@@ -1,0 +1,136 @@
+"""Hardware description: a chain of devices joined by links.
+
+A platform is an ordered chain (e.g. sensor MCU -> edge gateway -> fog GPU).
+Data only flows forward along it. Every figure is a plain SI value so the
+cost model never guesses units: MAC/s, J/MAC, W, bytes, bit/s, s, J/byte.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Device", "Link", "Platform", "PlatformError", "platform_from_config"]
+
+
+class PlatformError(ValueError):
+    """A platform description with a missing, negative or inconsistent figure."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Device:
+    """One compute tier: throughput, energy per MAC, static power and memory."""
+
+    name: str
+    macs_per_second: float
+    energy_per_mac_j: float
+    static_power_w: float
+    ram_bytes: int
+    flash_bytes: int
+    activation_bits: int = 32
+
+    @property
+    def activation_bytes_per_element(self) -> int:
+        """Bytes per activation element at the device's supported bit-width."""
+        return max(1, self.activation_bits // 8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link:
+    """A connection between two consecutive devices of the chain."""
+
+    name: str
+    bandwidth_bits_per_s: float
+    latency_s: float
+    energy_per_byte_j: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Platform:
+    """Devices in chain order and the ``len(devices) - 1`` links between them."""
+
+    name: str
+    devices: tuple[Device, ...]
+    links: tuple[Link, ...]
+
+    def __post_init__(self) -> None:
+        if not self.devices:
+            raise PlatformError(f"platform {self.name!r} has no devices; list at least one")
+        if len(self.links) != len(self.devices) - 1:
+            raise PlatformError(
+                f"platform {self.name!r} has {len(self.devices)} devices and "
+                f"{len(self.links)} links; a chain needs exactly {len(self.devices) - 1}"
+            )
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+
+_DEVICE_FIELDS: dict[str, type] = {
+    "macs_per_second": float,
+    "energy_per_mac_j": float,
+    "static_power_w": float,
+    "ram_bytes": int,
+    "flash_bytes": int,
+}
+_LINK_FIELDS: dict[str, type] = {
+    "bandwidth_bits_per_s": float,
+    "latency_s": float,
+    "energy_per_byte_j": float,
+}
+_STRICTLY_POSITIVE = {"macs_per_second", "bandwidth_bits_per_s", "ram_bytes", "flash_bytes"}
+
+
+def _figures(
+    entry: Mapping[str, Any], fields: Mapping[str, type], *, where: str
+) -> dict[str, Any]:
+    """Read and check the numeric figures of one device or link entry."""
+    values: dict[str, Any] = {}
+    for key, kind in fields.items():
+        if key not in entry or entry[key] is None:
+            raise PlatformError(f"{where} is missing {key!r}; add it to the platform config")
+        raw = entry[key]
+        try:
+            value = kind(float(raw)) if kind is int else float(raw)
+        except (TypeError, ValueError):
+            raise PlatformError(f"{where}.{key}={raw!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (key in _STRICTLY_POSITIVE and value == 0):
+            bound = "> 0" if key in _STRICTLY_POSITIVE else ">= 0"
+            raise PlatformError(f"{where}.{key}={raw!r} must be a finite number {bound}")
+        values[key] = value
+    return values
+
+
+def platform_from_config(cfg: Mapping[str, Any]) -> Platform:
+    """Build a checked :class:`Platform` from a (Hydra) mapping.
+
+    Expected keys: ``name``, ``devices`` (list of mappings with ``name`` and the
+    :class:`Device` figures) and ``links`` (list of mappings with the
+    :class:`Link` figures), one link fewer than devices.
+    """
+    name = str(cfg.get("name", "platform"))
+    raw_devices: Sequence[Mapping[str, Any]] = cfg.get("devices") or []
+    raw_links: Sequence[Mapping[str, Any]] = cfg.get("links") or []
+    devices = []
+    for i, entry in enumerate(raw_devices):
+        where = f"platform {name!r} device {entry.get('name', i)!r}"
+        bits = int(entry.get("activation_bits", 32))
+        if bits not in (8, 16, 32):
+            raise PlatformError(f"{where}.activation_bits={bits!r} must be 8, 16 or 32")
+        devices.append(
+            Device(
+                name=str(entry.get("name", f"device{i}")),
+                activation_bits=bits,
+                **_figures(entry, _DEVICE_FIELDS, where=where),
+            )
+        )
+    links = []
+    for i, entry in enumerate(raw_links):
+        where = f"platform {name!r} link {entry.get('name', i)!r}"
+        links.append(
+            Link(name=str(entry.get("name", f"link{i}")), **_figures(entry, _LINK_FIELDS, where=where))
+        )
+    return Platform(name=name, devices=tuple(devices), links=tuple(links))

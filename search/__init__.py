@@ -1,0 +1,1 @@
+"""The application: Hydra entry points, the ask/tell search loop, results and reports."""
