@@ -1,0 +1,124 @@
+"""The early-exit space: canonical repair, encode/decode round trips, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluators.eenn import METRICS, EENNConfig, ExitChoice
+from spaces.space import EarlyExitSpace, build_space
+from tests._synthetic import synthetic_platform, synthetic_split
+
+C, H = 6, 3
+
+
+@pytest.fixture(scope="module")
+def val():
+    return synthetic_split(n=500, c=C, h=H, seed=0)
+
+
+def _space(val, **opts) -> EarlyExitSpace:
+    cfg = {"max_exits": 3, "metric": "max_softmax", "thresholds": {"mode": "quantile", "levels": 8}}
+    cfg.update(opts)
+    return build_space(cfg, val=val, platform=synthetic_platform(3))
+
+
+def _noisy_genome(space: EarlyExitSpace, rng: np.random.Generator) -> dict:
+    """What a sampler may propose: floats, unsorted boundaries, too many exits."""
+    g = {}
+    for v in space.variables:
+        if v.kind == "choice":
+            g[v.name] = v.choices[int(rng.integers(len(v.choices)))]
+        elif v.kind == "bool":
+            g[v.name] = bool(rng.random() < 0.7)
+        else:
+            g[v.name] = float(rng.uniform(v.low - 0.4, v.high + 0.4))
+    return g
+
+
+@pytest.mark.parametrize("opts", [
+    {},
+    {"metric": "search"},
+    {"thresholds": {"mode": "continuous", "low": 0.2, "high": 1.0}},
+    {"thresholds": {"mode": "uniform", "levels": 16}, "devices": ["mcu", "cloud"]},
+    {"max_exits": None},
+])
+def test_repair_is_canonical_and_round_trips(val, opts) -> None:
+    space = _space(val, **opts)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        g = space.repair(_noisy_genome(space, rng), rng)
+        assert space.repair(g) == g  # idempotent
+        cfg = space.decode(g)
+        assert len(cfg.exits) <= space.max_exits
+        assert list(cfg.boundaries) == sorted(cfg.boundaries)
+        used = {cfg.device_of_segment(s) for s in range(C + 1)}
+        assert used <= set(space.allowed_devices)
+        for c in range(C):
+            if not g[f"on{c}"]:
+                assert g[f"head{c}"] == 0
+                assert g[f"thr{c}"] == (0 if space.threshold_grid is not None else
+                                        space.threshold_range[0])
+        assert space.encode(cfg) == g
+        assert space.decode(space.encode(cfg)) == cfg
+        if not cfg.exits and len(space.metrics) > 1:
+            assert g["metric"] == space.metrics[0]
+
+
+def test_inactive_genes_make_duplicates_equal(val) -> None:
+    space = _space(val)
+    base = space.sample(1, np.random.default_rng(0))[0]
+    other = dict(base)
+    off = next(c for c in range(C) if not base[f"on{c}"])
+    other[f"head{off}"], other[f"thr{off}"] = 2, 5
+    assert space.key(space.repair(other)) == space.key(base)
+
+
+def test_grid_levels_follow_val_quantiles(val) -> None:
+    space = _space(val)
+    grid = space.threshold_grid["max_softmax"]
+    assert grid.shape == (C, H, 8)
+    assert np.all(np.diff(grid, axis=2) >= 0)
+    passing = (val.conf("max_softmax")[:, :, None, :] >= grid[..., None].astype(np.float32))
+    frac = passing.mean(axis=3)
+    np.testing.assert_allclose(frac, np.broadcast_to(1 - np.arange(8) / 8, frac.shape), atol=0.02)
+
+
+def test_allowed_devices_move_segments(val) -> None:
+    space = _space(val, devices=["cloud"])
+    cfg = space.decode({**space.sample(1, np.random.default_rng(0))[0], "b0": 3, "b1": 5})
+    assert cfg.boundaries == (0, 0)  # everything on the last device
+    with pytest.raises(ValueError, match="allowed_devices"):
+        space.encode(EENNConfig(exits=(), boundaries=(3, 5)))
+
+
+def test_encode_snaps_and_rejects(val) -> None:
+    space = _space(val)
+    grid = space.threshold_grid["max_softmax"]
+    cfg = EENNConfig(exits=(ExitChoice(candidate=2, head=1, threshold=float(grid[2, 1, 5]) + 1e-4),),
+                     boundaries=(C + 1, C + 1))
+    assert space.decode(space.encode(cfg)).exits[0].threshold == grid[2, 1, 5]
+    too_many = EENNConfig(exits=tuple(ExitChoice(candidate=c, head=0, threshold=0.5)
+                                      for c in range(4)), boundaries=(1, 2))
+    with pytest.raises(ValueError, match="max_exits"):
+        space.encode(too_many)
+    with pytest.raises(ValueError, match="not searched"):
+        space.encode(EENNConfig(exits=(), boundaries=(1, 2), metric="margin"))
+
+
+def test_sample_covers_exit_counts_and_metrics(val) -> None:
+    space = _space(val, metric="search")
+    configs = [space.decode(g) for g in space.sample(300, np.random.default_rng(2))]
+    assert {len(c.exits) for c in configs} == {0, 1, 2, 3}
+    assert {c.metric for c in configs if c.exits} == set(METRICS)
+
+
+@pytest.mark.parametrize(("opts", "match"), [
+    ({"metric": "softmax"}, "space.metric"),
+    ({"thresholds": {"mode": "log"}}, "thresholds.mode"),
+    ({"devices": ["gpu"]}, "space.devices"),
+    ({"bogus": 1}, "unknown space option"),
+])
+def test_bad_options_are_one_line_errors(val, opts, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _space(val, **opts)
