@@ -10,7 +10,10 @@ it reads and the activation elements it touches.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -115,18 +118,21 @@ class _CountingShapeProp(ShapeProp):
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops()
-        try:
-            result = super().run_node(n)
-        except Exception as err:
-            raise _NodeFailure(n, err) from err
+        # ShapeProp prints a traceback before re-raising; keep stderr for the one-line error
+        with contextlib.redirect_stderr(io.StringIO()) as captured:
+            try:
+                result = super().run_node(n)
+            except Exception as err:
+                raise _NodeFailure(n, err.__cause__ or err) from err
+        sys.stderr.write(captured.getvalue())  # warnings the node emitted
         self.flops[n.name] = self.counter.get_total_flops() - before
         return result
 
 
 class _NodeFailure(Exception):
     def __init__(self, node: fx.Node, err: BaseException) -> None:
-        super().__init__(f"{node.name}: {_first_line(err)}")
-        self.node = node
+        self.detail = f"{node.name}: {_first_line(err)}"  # str(self) gets fx's notes appended
+        super().__init__(self.detail)
 
 
 def _input_hint(gm: fx.GraphModule) -> str:
@@ -151,7 +157,7 @@ def _run_profiled(gm: fx.GraphModule, example_input: torch.Tensor) -> _CountingS
         except _NodeFailure as err:
             raise ModelInputError(
                 f"example input of shape {tuple(example_input.shape)} does not fit "
-                f"{gm.__class__.__name__} (node {err}){_input_hint(gm)}; set input_shape in the "
+                f"{gm.__class__.__name__} (node {err.detail}){_input_hint(gm)}; set input_shape in the "
                 "model config to the shape the model expects (without the batch dimension)"
             ) from err
     return interp

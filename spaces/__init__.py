@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from spaces.candidates import ExitCandidate
+from spaces.candidates import ExitCandidate, cut_points, find_exit_candidates
+from spaces.profile import BackboneProfile, profile_backbone, to_backbone_costs
 
-__all__ = ["ExitCandidate"]
+__all__ = [
+    "BackboneProfile",
+    "ExitCandidate",
+    "cut_points",
+    "find_exit_candidates",
+    "profile_backbone",
+    "to_backbone_costs",
+]

@@ -1,10 +1,25 @@
-"""Exit candidates: single-tensor cut points of a backbone's dataflow graph."""
+"""Exit candidates: single-tensor cut points of a backbone's dataflow graph.
+
+A cut point is a node that every path from the input to the output passes
+through (a dominator of the output): everything after it depends on the input
+only through its one tensor, so an exit head can read it and a device boundary
+can send it. :func:`cut_points` finds them on a torch.fx graph;
+:func:`find_exit_candidates` adds shapes and costs (see :mod:`spaces.profile`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["ExitCandidate"]
+from torch import fx
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["ExitCandidate", "cut_points", "find_exit_candidates"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,3 +41,67 @@ class ExitCandidate:
     segment_macs: int
     segment_param_bytes: int  # fp32 parameter bytes of the segment since the previous candidate
     segment_peak_bytes: int  # fp32 bytes of the largest single-op input+output in that segment
+
+
+def _on_input_output_paths(graph: fx.Graph) -> list[fx.Node]:
+    """Nodes that lie on some path from the first placeholder to the output, in graph order."""
+    nodes = list(graph.nodes)
+    source = next((n for n in nodes if n.op == "placeholder"), None)
+    if source is None:
+        return []
+    reached = {source}
+    for n in nodes:
+        if any(a in reached for a in n.all_input_nodes):
+            reached.add(n)
+    sink = next(n for n in reversed(nodes) if n.op == "output")
+    reaching = {sink}
+    for n in reversed(nodes):
+        if any(u in reaching for u in n.users):
+            reaching.add(n)
+    return [n for n in nodes if n in reached and n in reaching]
+
+
+def cut_points(graph: fx.Graph) -> list[fx.Node]:
+    """Nodes (neither the input nor the output node) that every input->output path passes.
+
+    The fx node list is a topological order. Restricted to nodes on an
+    input->output path, a node is passed by every path exactly when no edge
+    jumps over it (goes from an earlier to a later node): such an edge would
+    be part of a path that avoids it, and without one every path has to step
+    on it. One sweep with the furthest edge end seen so far finds them all.
+    Shape reads count as edges: ``n = x.shape[0]`` at the top of ``forward``
+    and used at the end makes every node in between a non-cut.
+    """
+    relevant = _on_input_output_paths(graph)
+    position = {n: i for i, n in enumerate(relevant)}
+    cuts: list[fx.Node] = []
+    furthest = 0
+    for i, n in enumerate(relevant):
+        if furthest <= i and 0 < i < len(relevant) - 1:
+            cuts.append(n)
+        ends = [position[u] for u in n.users if u in position]
+        furthest = max([furthest, *ends])
+    return cuts
+
+
+def find_exit_candidates(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    max_candidates: int | None = None,
+    min_mac_fraction: float = 0.0,
+    modules: Sequence[str] | None = None,
+    tail_fraction: float = 0.01,
+) -> list[ExitCandidate]:
+    """Exit candidates of ``model`` in execution order; options as in ``profile_backbone``."""
+    from spaces.profile import profile_backbone  # profile imports this module's types
+
+    profile = profile_backbone(
+        model,
+        example_input,
+        max_candidates=max_candidates,
+        min_mac_fraction=min_mac_fraction,
+        modules=modules,
+        tail_fraction=tail_fraction,
+    )
+    return list(profile.candidates)
