@@ -157,8 +157,8 @@ def _run_profiled(gm: fx.GraphModule, example_input: torch.Tensor) -> _CountingS
         except _NodeFailure as err:
             raise ModelInputError(
                 f"example input of shape {tuple(example_input.shape)} does not fit "
-                f"{gm.__class__.__name__} (node {err.detail}){_input_hint(gm)}; set input_shape in the "
-                "model config to the shape the model expects (without the batch dimension)"
+                f"{gm.__class__.__name__} (node {err.detail}){_input_hint(gm)}; set input_shape "
+                "in the model config to the shape the model expects (without the batch dimension)"
             ) from err
     return interp
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -191,11 +192,11 @@ def test_thinning_spreads_candidates_by_macs() -> None:
     full = profile_backbone(model, x)
     total = full.total_macs
     spaced = find_exit_candidates(model, x, min_mac_fraction=0.2)
-    gaps = [b.cumulative_macs - a.cumulative_macs for a, b in zip(spaced, spaced[1:])]
+    gaps = [b.cumulative_macs - a.cumulative_macs for a, b in itertools.pairwise(spaced)]
     assert spaced[0].cumulative_macs >= 0.2 * total and min(gaps) >= 0.2 * total
     two = profile_backbone(model, x, max_candidates=2)
     assert len(two.candidates) == 2
-    for c, target in zip(two.candidates, (total / 3, 2 * total / 3)):
+    for c, target in zip(two.candidates, (total / 3, 2 * total / 3), strict=True):
         nearest = min(abs(f.cumulative_macs - target) for f in full.candidates)
         assert abs(c.cumulative_macs - target) == nearest
     # segment figures are recomputed against the kept previous candidate
