@@ -1,0 +1,298 @@
+"""Compute first, then draw: plain records of a run's fronts, hypervolume and tables.
+
+Fronts are recomputed here (pymoo's non-dominated sorting over the ``obj_*``
+columns of feasible rows, per strategy) rather than trusted from the ``pareto``
+column, so the report also checks the writer. Hypervolume is pymoo's
+``HV`` on objectives divided by a reference point (so the reference becomes
+``(1, ..., 1)`` and the value is the share of the box ``[0, r]`` that the
+points dominate); the reference is ``summary.json``'s ``hypervolume_reference``
+when it is usable, else 1.1 x the largest feasible value of each objective.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from search.report._details import describe_config
+from search.report._load import OBJECTIVE_LABELS, Run, parse_config
+
+__all__ = [
+    "BackboneRef",
+    "HypervolumeCurve",
+    "HypervolumeInfo",
+    "ParetoFrontInfo",
+    "PredictedMeasured",
+    "StrategyPoints",
+    "get_hypervolume_info",
+    "get_pareto_front_info",
+    "get_predicted_measured",
+    "hypervolume",
+    "non_dominated",
+    "pareto_table",
+    "primary_cost",
+    "reference_point",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyPoints:
+    """Every trial of one strategy with its front membership (all objectives and 2-D)."""
+
+    strategy: str
+    trial: NDArray[np.int64]
+    accuracy: NDArray[np.float64]
+    cost: NDArray[np.float64]  # the primary cost objective (x axis)
+    values: NDArray[np.float64]  # (n, m) obj_* columns, objective order
+    feasible: NDArray[np.bool_]
+    front: NDArray[np.bool_]  # non-dominated among feasible rows, all objectives
+    front_2d: NDArray[np.bool_]  # non-dominated among feasible rows in (cost, -accuracy)
+    hover: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneRef:
+    """The backbone alone (no exits) on one device, as a point in objective space."""
+
+    label: str
+    accuracy: float
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParetoFrontInfo:
+    """Everything the Pareto figures draw; strategies[0] is the main strategy."""
+
+    objectives: tuple[str, ...]
+    cost: str
+    strategies: tuple[StrategyPoints, ...]
+    backbone: tuple[BackboneRef, ...]
+    chosen_trial: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HypervolumeCurve:
+    """Hypervolume of the feasible points among the first ``evaluations`` trials of a strategy."""
+
+    strategy: str
+    evaluations: NDArray[np.int64]
+    hypervolume: NDArray[np.float64]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HypervolumeInfo:
+    objectives: tuple[str, ...]
+    reference: NDArray[np.float64]
+    reference_source: str
+    curves: tuple[HypervolumeCurve, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictedMeasured:
+    """One predicted_* column against one measured_* column of evaluated.csv."""
+
+    quantity: str
+    predicted_column: str
+    measured_column: str
+    trial: NDArray[np.int64]
+    predicted: NDArray[np.float64]
+    measured: NDArray[np.float64]
+
+
+def primary_cost(objectives: tuple[str, ...]) -> str:
+    """The first non-error objective; ``macs`` when the run optimises error alone."""
+    return next((o for o in objectives if o != "error"), "macs")
+
+
+def _cost_column(run: Run, cost: str) -> str:
+    return f"obj_{cost}" if f"obj_{cost}" in run.trials.columns else cost
+
+
+def non_dominated(values: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Mask of the rows of ``values`` (minimised) that no other row dominates (pymoo NDS)."""
+    mask = np.zeros(len(values), dtype=bool)
+    if len(values):
+        mask[NonDominatedSorting().do(values, only_non_dominated_front=True)] = True
+    return mask
+
+
+def _front_mask(values: NDArray[np.float64], feasible: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    mask = np.zeros(len(values), dtype=bool)
+    idx = np.flatnonzero(feasible)
+    mask[idx[non_dominated(values[idx])]] = True
+    return mask
+
+
+def _backbone_refs(run: Run, objectives: tuple[str, ...]) -> tuple[BackboneRef, ...]:
+    """Backbone on the first and on the last device (one point when the objectives agree)."""
+    bb = run.summary.get("backbone") or {}
+    if bb.get("accuracy_val") is None:
+        return ()
+    devices = run.device_names or ("first device", "last device")
+    refs: list[BackboneRef] = []
+    for end, device in (("first", devices[0]), ("last", devices[-1])):
+        values = {
+            "error": 1.0 - float(bb["accuracy_val"]),
+            "macs": float(bb.get("macs", math.nan)),
+            "energy": float(bb.get(f"energy_j_{end}", math.nan)),
+            "latency": float(bb.get(f"latency_s_{end}", math.nan)),
+        }
+        values = {o: values.get(o, math.nan) for o in (*objectives, "macs")}
+        if refs and np.allclose(list(refs[0].values.values()), list(values.values()), equal_nan=True):
+            continue
+        refs.append(BackboneRef(label=f"backbone alone on {device}",
+                                accuracy=float(bb["accuracy_val"]), values=values))
+    return tuple(refs)
+
+
+def _hover(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for _, row in rows.iterrows():
+        config = parse_config(str(row["config"]), where=f"{run.path} trial {row['trial']}")
+        figs = "<br>".join(
+            f"{OBJECTIVE_LABELS.get(o, o)}: {row[f'obj_{o}']:.4g}" for o in objectives if o != "error"
+        )
+        state = "feasible" if row["feasible"] else "infeasible"
+        out.append(
+            f"trial {int(row['trial'])} ({row['strategy']}, {state})<br>"
+            f"accuracy: {float(row['accuracy']):.4f}<br>{figs}<br>{describe_config(run, config)}"
+        )
+    return tuple(out)
+
+
+def strategy_points(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...], cost: str) -> StrategyPoints:
+    """The record of one strategy's rows (sorted by trial) on the given objectives."""
+    values = rows[[f"obj_{o}" for o in objectives]].to_numpy(dtype=np.float64)
+    feasible = rows["feasible"].to_numpy(dtype=bool)
+    accuracy = rows["accuracy"].to_numpy(dtype=np.float64)
+    cost_values = rows[_cost_column(run, cost)].to_numpy(dtype=np.float64)
+    return StrategyPoints(
+        strategy=str(rows["strategy"].iloc[0]),
+        trial=rows["trial"].to_numpy(dtype=np.int64),
+        accuracy=accuracy,
+        cost=cost_values,
+        values=values,
+        feasible=feasible,
+        front=_front_mask(values, feasible),
+        front_2d=_front_mask(np.column_stack([cost_values, -accuracy]), feasible),
+        hover=_hover(run, rows, objectives),
+    )
+
+
+def _strategy_order(run: Run) -> list[str]:
+    others = sorted({str(s) for s in run.trials["strategy"]} - {run.strategy})
+    return [run.strategy, *others] if run.strategy in set(run.trials["strategy"]) else others
+
+
+def get_pareto_front_info(run: Run) -> ParetoFrontInfo:
+    """Per-strategy points and fronts, backbone references and the chosen trial of a run."""
+    objectives = run.objectives
+    cost = primary_cost(objectives)
+    strategies = tuple(
+        strategy_points(run, run.trials[run.trials["strategy"] == s], objectives, cost)
+        for s in _strategy_order(run)
+    )
+    chosen = run.summary.get("chosen_trial")
+    return ParetoFrontInfo(
+        objectives=objectives,
+        cost=cost,
+        strategies=strategies,
+        backbone=_backbone_refs(run, objectives),
+        chosen_trial=None if chosen is None else int(chosen),
+    )
+
+
+def reference_point(
+    run: Run, objectives: tuple[str, ...]
+) -> tuple[NDArray[np.float64], str]:
+    """The run's hypervolume reference on ``objectives`` and where it came from."""
+    given = run.summary.get("hypervolume_reference")
+    names = run.objectives
+    if given is not None and len(given) == len(names) and all(
+        v is not None and float(v) > 0 and math.isfinite(float(v)) for v in given
+    ):
+        by_name = dict(zip(names, (float(v) for v in given), strict=True))
+        if all(o in by_name for o in objectives):
+            return np.asarray([by_name[o] for o in objectives]), "summary.json hypervolume_reference"
+    feasible = run.trials[run.trials["feasible"]]
+    data = feasible if len(feasible) else run.trials
+    worst = data[[f"obj_{o}" for o in objectives]].to_numpy(dtype=np.float64).max(axis=0)
+    worst = np.where(worst > 0, worst, 1.0)
+    return 1.1 * worst, "1.1 x the largest feasible value of each objective"
+
+
+def hypervolume(values: NDArray[np.float64], reference: NDArray[np.float64]) -> float:
+    """pymoo hypervolume of ``values / reference`` against ``(1, ..., 1)``; 0 for no points."""
+    if len(values) == 0:
+        return 0.0
+    return float(HV(ref_point=np.ones(len(reference)))(values / reference))
+
+
+def _curve(points: StrategyPoints, reference: NDArray[np.float64]) -> HypervolumeCurve:
+    """Hypervolume after each evaluation, recomputed only when the running front changes."""
+    front = np.empty((0, points.values.shape[1]))
+    current = 0.0
+    hv = np.zeros(len(points.trial))
+    for i, (f, ok) in enumerate(zip(points.values, points.feasible, strict=True)):
+        if ok and not np.any(np.all(front <= f, axis=1)):
+            front = np.vstack([front[~np.all(f <= front, axis=1)], f])
+            current = hypervolume(front, reference)
+        hv[i] = current
+    return HypervolumeCurve(strategy=points.strategy,
+                            evaluations=np.arange(1, len(hv) + 1, dtype=np.int64), hypervolume=hv)
+
+
+def get_hypervolume_info(run: Run, front: ParetoFrontInfo) -> HypervolumeInfo:
+    """Hypervolume against the number of evaluations, per strategy, on a common reference."""
+    reference, source = reference_point(run, front.objectives)
+    return HypervolumeInfo(
+        objectives=front.objectives,
+        reference=reference,
+        reference_source=source,
+        curves=tuple(_curve(p, reference) for p in front.strategies),
+    )
+
+
+def pareto_table(run: Run, front: ParetoFrontInfo) -> pd.DataFrame:
+    """One row per front point of every strategy: figures, exits and device split."""
+    rows = []
+    for points in front.strategies:
+        for i in np.flatnonzero(points.front):
+            row = run.trials[run.trials["trial"] == points.trial[i]].iloc[0]
+            config = parse_config(str(row["config"]), where=f"{run.path} trial {points.trial[i]}")
+            exits, devices = describe_config(run, config).split("<br>")
+            record = {"trial": int(points.trial[i]), "strategy": points.strategy,
+                      "accuracy": float(points.accuracy[i])}
+            for o in front.objectives:
+                if o != "error":
+                    record[o] = float(row[f"obj_{o}"])
+            record["exits"] = exits.removeprefix("exits: ")
+            record["devices"] = devices.removeprefix("devices: ")
+            rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def get_predicted_measured(run: Run) -> tuple[PredictedMeasured, ...]:
+    """Every predicted_<q> column paired with each measured_<q> / measured_<q>_<split> column."""
+    frame = run.evaluated
+    if frame is None:
+        return ()
+    out = []
+    for pred in (c for c in frame.columns if c.startswith("predicted_")):
+        quantity = pred.removeprefix("predicted_")
+        for meas in frame.columns:
+            if meas == f"measured_{quantity}" or meas.startswith(f"measured_{quantity}_"):
+                both = frame[["trial", pred, meas]].apply(pd.to_numeric, errors="coerce").dropna()
+                if len(both):
+                    out.append(PredictedMeasured(
+                        quantity=quantity, predicted_column=pred, measured_column=meas,
+                        trial=both["trial"].to_numpy(dtype=np.int64),
+                        predicted=both[pred].to_numpy(dtype=np.float64),
+                        measured=both[meas].to_numpy(dtype=np.float64)))
+    return tuple(out)
