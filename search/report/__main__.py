@@ -20,14 +20,27 @@ from search.report._page import write_report
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search.report",
-        description="Write a run's report.html (one folder) or a page comparing several runs.")
+        description="Write a run's report.html (one folder) or a page comparing several runs.",
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<date_time>)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output file (default: RUN/report.html, or comparison.html for several runs)")
-    parser.add_argument("--max-drop", type=float, default=0.01,
-                        help="comparison: best point needs accuracy >= min backbone accuracy - MAX_DROP")
-    parser.add_argument("--min-accuracy", type=float, default=None,
-                        help="comparison: fixed accuracy threshold (overrides --max-drop)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output file (default: RUN/report.html, or comparison.html for several runs)",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="comparison: best point needs accuracy >= min backbone accuracy - MAX_DROP",
+    )
+    parser.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="comparison: fixed accuracy threshold (overrides --max-drop)",
+    )
     return parser
 
 
@@ -38,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(args.runs) == 1:
             written = write_report(args.runs[0], out=args.out)
         else:
-            written = write_comparison(args.runs, out=args.out or Path("comparison.html"),
-                                       max_drop=args.max_drop, min_accuracy=args.min_accuracy)
+            written = write_comparison(
+                args.runs,
+                out=args.out or Path("comparison.html"),
+                max_drop=args.max_drop,
+                min_accuracy=args.min_accuracy,
+            )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

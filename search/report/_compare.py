@@ -52,7 +52,9 @@ def shared_objectives(runs: list[Run]) -> tuple[str, ...]:
     shared = [o for o in runs[0].objectives if all(o in r.objectives for r in runs[1:])]
     if not any(o != "error" for o in shared):
         listing = "; ".join(f"{r.path.name}: {list(r.objectives)}" for r in runs)
-        raise ReportError(f"the runs share no cost objective ({listing}); compare runs with a common cost")
+        raise ReportError(
+            f"the runs share no cost objective ({listing}); compare runs with a common cost"
+        )
     return tuple(shared)
 
 
@@ -74,7 +76,7 @@ def _backbone(run: Run, cost: str) -> tuple[float | None, float | None]:
 
 
 def _cheapest(points: StrategyPoints, min_accuracy: float) -> int | None:
-    """Index of the cheapest feasible point with accuracy >= ``min_accuracy`` (ties: most accurate)."""
+    """Index of the cheapest feasible point with accuracy >= ``min_accuracy`` (ties: accuracy)."""
     ok = np.flatnonzero(points.feasible & (points.accuracy >= min_accuracy))
     if not len(ok):
         return None
@@ -89,7 +91,10 @@ def _threshold(runs: list[Run], max_drop: float, min_accuracy: float | None) -> 
     if not known:
         raise ReportError("no run has backbone.accuracy_val in summary.json; pass --min-accuracy")
     value = min(known) - max_drop
-    return value, f"accuracy >= min over runs of (backbone val accuracy - {max_drop:g}) = {value:.4f}"
+    return (
+        value,
+        f"accuracy >= min over runs of (backbone val accuracy - {max_drop:g}) = {value:.4f}",
+    )
 
 
 def get_comparison_info(
@@ -114,14 +119,16 @@ def get_comparison_info(
     for run, label, p in zip(runs, labels, points, strict=True):
         b_acc, b_cost = _backbone(run, cost)
         i = _cheapest(p, threshold)
-        best.append(BestPoint(
-            label=label,
-            trial=None if i is None else int(p.trial[i]),
-            accuracy=None if i is None else float(p.accuracy[i]),
-            cost=None if i is None else float(p.cost[i]),
-            backbone_accuracy=b_acc,
-            backbone_cost=b_cost,
-        ))
+        best.append(
+            BestPoint(
+                label=label,
+                trial=None if i is None else int(p.trial[i]),
+                accuracy=None if i is None else float(p.accuracy[i]),
+                cost=None if i is None else float(p.cost[i]),
+                backbone_accuracy=b_acc,
+                backbone_cost=b_cost,
+            )
+        )
     return ComparisonInfo(
         labels=labels,
         objectives=objectives,

@@ -27,39 +27,87 @@ def comparison_figure(info: ComparisonInfo) -> go.Figure:
     fig = go.Figure()
     for k, (name, p) in enumerate(zip(info.labels, info.points, strict=True)):
         colour = STRATEGY_COLOURS[k % 10]
-        fig.add_trace(go.Scatter(
-            x=p.cost[p.feasible], y=p.accuracy[p.feasible], mode="markers", opacity=0.25,
-            marker={"color": colour, "size": 5}, name=f"{name}: feasible", legendgroup=name,
-            hovertext=np.asarray(p.hover)[p.feasible], hoverinfo="text"))
+        fig.add_trace(
+            go.Scatter(
+                x=p.cost[p.feasible],
+                y=p.accuracy[p.feasible],
+                mode="markers",
+                opacity=0.25,
+                marker={"color": colour, "size": 5},
+                name=f"{name}: feasible",
+                legendgroup=name,
+                hovertext=np.asarray(p.hover)[p.feasible],
+                hoverinfo="text",
+            )
+        )
         idx = np.flatnonzero(p.front_2d)
         idx = idx[np.argsort(p.cost[idx], kind="stable")]
-        fig.add_trace(go.Scatter(
-            x=p.cost[idx], y=p.accuracy[idx], mode="lines+markers", line={"shape": "hv", "color": colour},
-            marker={"size": 8, "color": colour}, name=f"{name}: front", legendgroup=name,
-            hovertext=np.asarray(p.hover)[idx], hoverinfo="text"))
+        fig.add_trace(
+            go.Scatter(
+                x=p.cost[idx],
+                y=p.accuracy[idx],
+                mode="lines+markers",
+                line={"shape": "hv", "color": colour},
+                marker={"size": 8, "color": colour},
+                name=f"{name}: front",
+                legendgroup=name,
+                hovertext=np.asarray(p.hover)[idx],
+                hoverinfo="text",
+            )
+        )
         best = info.best[k]
         if best.trial is not None:
-            fig.add_trace(go.Scatter(
-                x=[best.cost], y=[best.accuracy], mode="markers", showlegend=False, legendgroup=name,
-                marker={"symbol": "circle-open", "size": 18, "color": colour, "line": {"width": 3}},
-                hovertext=[f"{name}: best point, trial {best.trial}"], hoverinfo="text"))
-    fig.add_hline(y=info.min_accuracy, line={"dash": "dot", "color": "gray"},
-                  annotation_text=f"accuracy threshold {info.min_accuracy:.4f}")
-    fig.update_layout(template="plotly_white", height=560, title="Fronts of the compared runs",
-                      xaxis={"title": label(info.cost)}, yaxis={"title": "accuracy (val)"},
-                      legend={"orientation": "h", "y": -0.2})
+            fig.add_trace(
+                go.Scatter(
+                    x=[best.cost],
+                    y=[best.accuracy],
+                    mode="markers",
+                    showlegend=False,
+                    legendgroup=name,
+                    marker={
+                        "symbol": "circle-open",
+                        "size": 18,
+                        "color": colour,
+                        "line": {"width": 3},
+                    },
+                    hovertext=[f"{name}: best point, trial {best.trial}"],
+                    hoverinfo="text",
+                )
+            )
+    fig.add_hline(
+        y=info.min_accuracy,
+        line={"dash": "dot", "color": "gray"},
+        annotation_text=f"accuracy threshold {info.min_accuracy:.4f}",
+    )
+    fig.update_layout(
+        template="plotly_white",
+        height=560,
+        title="Fronts of the compared runs",
+        xaxis={"title": label(info.cost)},
+        yaxis={"title": "accuracy (val)"},
+        legend={"orientation": "h", "y": -0.2},
+    )
     return fig
 
 
 def hypervolume_bar_figure(info: ComparisonInfo) -> go.Figure:
     """Final hypervolume of each run's main strategy against the common reference."""
-    fig = go.Figure(go.Bar(
-        x=list(info.labels), y=list(info.hypervolume),
-        marker={"color": [STRATEGY_COLOURS[k % 10] for k in range(len(info.labels))]},
-        text=[f"{v:.4f}" for v in info.hypervolume], textposition="outside"))
+    fig = go.Figure(
+        go.Bar(
+            x=list(info.labels),
+            y=list(info.hypervolume),
+            marker={"color": [STRATEGY_COLOURS[k % 10] for k in range(len(info.labels))]},
+            text=[f"{v:.4f}" for v in info.hypervolume],
+            textposition="outside",
+        )
+    )
     ref = ", ".join(f"{o} = {v:.6g}" for o, v in zip(info.objectives, info.reference, strict=True))
-    fig.update_layout(template="plotly_white", height=420, title=f"Hypervolume, common reference r = ({ref})",
-                      yaxis={"title": "hypervolume of objectives / r"})
+    fig.update_layout(
+        template="plotly_white",
+        height=420,
+        title=f"Hypervolume, common reference r = ({ref})",
+        yaxis={"title": "hypervolume of objectives / r"},
+    )
     return fig
 
 
@@ -70,11 +118,17 @@ def _best_table(info: ComparisonInfo) -> pd.DataFrame:
         saving = None
         if b.cost is not None and b.backbone_cost:
             saving = round(1.0 - b.cost / b.backbone_cost, 6)
-        rows.append({
-            "run": b.label, "trial": b.trial, "accuracy (val)": b.accuracy, cost: b.cost,
-            "backbone accuracy (val)": b.backbone_accuracy, f"backbone {cost}": b.backbone_cost,
-            "saving vs backbone": saving,
-        })
+        rows.append(
+            {
+                "run": b.label,
+                "trial": b.trial,
+                "accuracy (val)": b.accuracy,
+                cost: b.cost,
+                "backbone accuracy (val)": b.backbone_accuracy,
+                f"backbone {cost}": b.backbone_cost,
+                "saving vs backbone": saving,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -83,24 +137,35 @@ def render_comparison(info: ComparisonInfo, *, folders: Sequence[Path]) -> str:
     embed = FigureEmbedder()
     listing = "".join(f"<li><code>{html.escape(str(f))}</code></li>" for f in folders)
     hv_rows = pd.DataFrame({"run": list(info.labels), "hypervolume": list(info.hypervolume)})
-    body = "\n".join([
-        f"<p>Runs:</p><ul>{listing}</ul><p>Shared objectives (minimised): "
-        f"{html.escape(', '.join(info.objectives))}; primary cost: {html.escape(info.cost)}.</p>",
-        "<h2>Fronts</h2>", embed(comparison_figure(info), div_id="eenn-compare-fronts"),
-        "<h2>Hypervolume</h2>", embed(hypervolume_bar_figure(info), div_id="eenn-compare-hv"),
-        f'<p class="note">pymoo.indicators.hv.HV of each run\'s feasible main-strategy points on the shared '
-        f"objectives, each divided by the common reference point r ({html.escape(info.reference_source)}).</p>",
-        table_html(hv_rows, table_id="eenn-compare-hv-table"),
-        "<h2>Best point per run</h2>",
-        f'<p class="note">Cheapest feasible point (by {html.escape(info.cost)}) with '
-        f"{html.escape(info.accuracy_rule)}; backbone cost is the backbone alone on the last device.</p>",
-        table_html(_best_table(info), table_id="eenn-compare-best"),
-    ])
+    body = "\n".join(
+        [
+            f"<p>Runs:</p><ul>{listing}</ul><p>Shared objectives (minimised): "
+            f"{html.escape(', '.join(info.objectives))}; "
+            f"primary cost: {html.escape(info.cost)}.</p>",
+            "<h2>Fronts</h2>",
+            embed(comparison_figure(info), div_id="eenn-compare-fronts"),
+            "<h2>Hypervolume</h2>",
+            embed(hypervolume_bar_figure(info), div_id="eenn-compare-hv"),
+            '<p class="note">pymoo.indicators.hv.HV of each run\'s feasible main-strategy points '
+            "on the shared objectives, each divided by the common reference point r "
+            f"({html.escape(info.reference_source)}).</p>",
+            table_html(hv_rows, table_id="eenn-compare-hv-table"),
+            "<h2>Best point per run</h2>",
+            f'<p class="note">Cheapest feasible point (by {html.escape(info.cost)}) with '
+            f"{html.escape(info.accuracy_rule)}; backbone energy/latency are those of the backbone "
+            "alone on the last device.</p>",
+            table_html(_best_table(info), table_id="eenn-compare-best"),
+        ]
+    )
     return page(title=f"EENN search comparison: {len(info.labels)} runs", body=body)
 
 
 def write_comparison(
-    run_dirs: Sequence[Path], *, out: Path, max_drop: float = 0.01, min_accuracy: float | None = None
+    run_dirs: Sequence[Path],
+    *,
+    out: Path,
+    max_drop: float = 0.01,
+    min_accuracy: float | None = None,
 ) -> Path:
     """Write one page comparing ``run_dirs`` to ``out`` and return ``out``.
 

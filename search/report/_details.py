@@ -56,7 +56,7 @@ class Segment:
 
 @dataclass(frozen=True, kw_only=True)
 class ExitMark:
-    """An active exit drawn on the strip: after segment ``candidate``, at cumulative MACs ``position``."""
+    """An active exit on the strip: after segment ``candidate``, at cumulative MACs ``position``."""
 
     candidate: int
     name: str
@@ -129,7 +129,7 @@ def exit_distribution(run: Run, row: pd.Series) -> ExitDistribution:
 
 
 def segment_macs(run: Run) -> NDArray[np.float64]:
-    """MACs of segments ``0..C`` (the tail from the backbone total); one segment without candidates."""
+    """MACs of segments ``0..C``; the tail is the backbone total minus the last candidate's."""
     cands = run.summary.get("candidates") or []
     total = float((run.summary.get("backbone") or {}).get("macs") or 0.0)
     macs = [float(c.get("segment_macs", 0)) for c in cands]
@@ -138,7 +138,7 @@ def segment_macs(run: Run) -> NDArray[np.float64]:
 
 
 def _input_bytes(run: Run) -> float | None:
-    """fp32 bytes of the raw input, when the summary says (``input_bytes_fp32`` / ``input_shape``)."""
+    """fp32 bytes of the raw input, if summary.json has input_bytes_fp32/input_elems/input_shape."""
     summary = run.summary
     if summary.get("input_bytes_fp32") is not None:
         return float(summary["input_bytes_fp32"])
@@ -196,34 +196,55 @@ def device_mapping(run: Run, row: pd.Series) -> DeviceMapping:
     starts = np.concatenate([[0.0], np.cumsum(macs)[:-1]])
     names = [*run.candidate_names, "classifier"][: len(macs)]
     segments = tuple(
-        Segment(index=j, name=names[j], start=float(starts[j]), macs=float(macs[j]),
-                device=config.device_of_segment(j))
+        Segment(
+            index=j,
+            name=names[j],
+            start=float(starts[j]),
+            macs=float(macs[j]),
+            device=config.device_of_segment(j),
+        )
         for j in range(len(macs))
     )
     exits = tuple(
-        ExitMark(candidate=e.candidate, name=_candidate_name(run, e.candidate),
-                 position=float(starts[e.candidate] + macs[e.candidate]),
-                 device=config.device_of_segment(e.candidate),
-                 head=_head_name(run, e.head), threshold=e.threshold)
+        ExitMark(
+            candidate=e.candidate,
+            name=_candidate_name(run, e.candidate),
+            position=float(starts[e.candidate] + macs[e.candidate]),
+            device=config.device_of_segment(e.candidate),
+            head=_head_name(run, e.head),
+            threshold=e.threshold,
+        )
         for e in config.exits
         if e.candidate < len(macs)
     )
     n_dev = max(len(run.device_names), len(config.boundaries) + 1)
-    devices = tuple(run.device_names) + tuple(f"device{i}" for i in range(len(run.device_names), n_dev))
-    return DeviceMapping(trial=trial, devices=devices, segments=segments, exits=exits,
-                         links=_links(run, config, starts))
+    devices = tuple(run.device_names) + tuple(
+        f"device{i}" for i in range(len(run.device_names), n_dev)
+    )
+    return DeviceMapping(
+        trial=trial,
+        devices=devices,
+        segments=segments,
+        exits=exits,
+        links=_links(run, config, starts),
+    )
 
 
 def describe_config(run: Run, config: EENNConfig) -> str:
     """One short line (HTML ``<br>`` separated) naming exits, heads, thresholds and device split."""
-    exits = ", ".join(
-        f"{_candidate_name(run, e.candidate)}[{_head_name(run, e.head)}]@{e.threshold:.3g}"
-        for e in config.exits
-    ) or "none"
+    exits = (
+        ", ".join(
+            f"{_candidate_name(run, e.candidate)}[{_head_name(run, e.head)}]@{e.threshold:.3g}"
+            for e in config.exits
+        )
+        or "none"
+    )
     n_seg = len(run.candidate_names) + 1
     parts = []
     for d, name in enumerate(run.device_names or ("device0",)):
         segs = [s for s in range(n_seg) if config.device_of_segment(s) == d]
         if segs:
-            parts.append(f"{name}: seg {segs[0]}-{segs[-1]}" if len(segs) > 1 else f"{name}: seg {segs[0]}")
+            parts.append(
+                f"{name}: seg {segs[0]}-{segs[-1]}" if len(segs) > 1 else f"{name}: seg {segs[0]}"
+            )
     return f"exits: {exits}<br>devices: {' | '.join(parts) or 'one device'} ({config.metric})"

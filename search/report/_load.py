@@ -55,7 +55,9 @@ class Run:
 
     @property
     def candidate_names(self) -> tuple[str, ...]:
-        return tuple(str(c.get("name", i)) for i, c in enumerate(self.summary.get("candidates", [])))
+        return tuple(
+            str(c.get("name", i)) for i, c in enumerate(self.summary.get("candidates", []))
+        )
 
     @property
     def device_names(self) -> tuple[str, ...]:
@@ -82,8 +84,11 @@ def parse_config(text: str, *, where: str) -> EENNConfig:
         raw = json.loads(text)
         return EENNConfig(
             exits=tuple(
-                ExitChoice(candidate=int(e["candidate"]), head=int(e["head"]),
-                           threshold=float(e["threshold"]))
+                ExitChoice(
+                    candidate=int(e["candidate"]),
+                    head=int(e["head"]),
+                    threshold=float(e["threshold"]),
+                )
                 for e in raw.get("exits", [])
             ),
             boundaries=tuple(int(b) for b in raw.get("boundaries", [])),
@@ -97,9 +102,13 @@ def _read_summary(path: Path) -> dict[str, Any]:
     try:
         summary = json.loads((path / "summary.json").read_text())
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path / 'summary.json'} is not valid JSON ({exc}); rewrite it") from None
+        raise ReportError(
+            f"{path / 'summary.json'} is not valid JSON ({exc}); rewrite it"
+        ) from None
     if not isinstance(summary, dict) or not summary.get("objectives"):
-        raise ReportError(f"{path / 'summary.json'} has no 'objectives' list; it is not a run summary")
+        raise ReportError(
+            f"{path / 'summary.json'} has no 'objectives' list; it is not a run summary"
+        )
     return summary
 
 
@@ -111,7 +120,9 @@ def _read_trials(path: Path, objectives: tuple[str, ...]) -> pd.DataFrame:
     needed = [*_REQUIRED_COLUMNS, *(f"obj_{o}" for o in objectives)]
     missing = [c for c in needed if c not in trials.columns]
     if missing:
-        raise ReportError(f"{path / 'trials.parquet'} lacks columns {missing}; rewrite it per the schema")
+        raise ReportError(
+            f"{path / 'trials.parquet'} lacks columns {missing}; rewrite it per the schema"
+        )
     if trials.empty:
         raise ReportError(f"{path / 'trials.parquet'} has no trials; the run evaluated nothing")
     trials = trials.sort_values("trial", kind="stable").reset_index(drop=True)
@@ -143,7 +154,9 @@ def load_run(path: Path) -> Run:
     """Read and check one run folder; raise :class:`ReportError` naming what is missing."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"{path} is not a folder; pass a run folder such as results/runs/<date_time>")
+        raise ReportError(
+            f"{path} is not a folder; pass a run folder such as results/runs/<date_time>"
+        )
     missing = [n for n in ("trials.parquet", "summary.json") if not (path / n).is_file()]
     if missing:
         raise ReportError(f"{path} is not a run folder: missing {', '.join(missing)}")

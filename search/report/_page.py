@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from search.report._details import device_mapping, exit_distribution
-from search.report._figures import (
-    exit_figure,
-    hypervolume_figure,
-    mapping_figure,
-    matrix_figure,
-    pareto_figure,
-    predicted_figure,
-    three_d_figure,
-)
+from search.report._figures import hypervolume_figure, matrix_figure, pareto_figure, three_d_figure
 from search.report._html import FigureEmbedder, page, script_json, table_html
 from search.report._load import Run, load_run
+from search.report._point_figures import exit_figure, mapping_figure, predicted_figure
 from search.report._records import (
     HypervolumeInfo,
     ParetoFrontInfo,
@@ -46,14 +41,17 @@ const EENN = %s;
 function eennSelect(trial) {
   const key = String(trial), desc = document.getElementById('eenn-selected-desc');
   if (!(key in EENN.exit)) {
-    desc.innerHTML = 'trial ' + key + ' is not a front point; only front points and the chosen point '
-      + 'have precomputed details.';
+    desc.innerHTML = 'trial ' + key + ' is not a front point; only front points and the '
+      + 'chosen point have precomputed details.';
     return false;
   }
   const visE = Array.from({length: EENN.nExit}, (_, i) => EENN.exit[key].includes(i));
-  const visM = Array.from({length: EENN.nMap}, (_, i) => i < EENN.nFixedMap || EENN.map[key].includes(i));
-  Plotly.update('eenn-exits', {visible: visE}, {'title.text': 'Exit distribution (trial ' + key + ')'});
-  Plotly.update('eenn-mapping', {visible: visM}, {'title.text': 'Device mapping (trial ' + key + ')'});
+  const visM = Array.from({length: EENN.nMap},
+                          (_, i) => i < EENN.nFixedMap || EENN.map[key].includes(i));
+  Plotly.update('eenn-exits', {visible: visE},
+                {'title.text': 'Exit distribution (trial ' + key + ')'});
+  Plotly.update('eenn-mapping', {visible: visM},
+                {'title.text': 'Device mapping (trial ' + key + ')'});
   document.getElementById('eenn-select').value = key;
   desc.innerHTML = EENN.desc[key];
   document.querySelectorAll('#eenn-table tbody tr').forEach(
@@ -61,7 +59,8 @@ function eennSelect(trial) {
   return true;
 }
 window.addEventListener('load', () => {
-  document.getElementById('eenn-select').addEventListener('change', ev => eennSelect(ev.target.value));
+  document.getElementById('eenn-select').addEventListener(
+    'change', ev => eennSelect(ev.target.value));
   document.querySelectorAll('#eenn-table tbody tr').forEach(
     tr => tr.addEventListener('click', () => eennSelect(tr.dataset.key)));
   const front = document.getElementById('eenn-pareto');
@@ -87,15 +86,33 @@ def selectable_trials(front: ParetoFrontInfo) -> list[int]:
     return list(dict.fromkeys(out))[:MAX_SELECTABLE]
 
 
+def _chosen_html(chosen: dict[str, Any]) -> str:
+    """chosen.yaml as a val/test table of its scalar figures, plus any message."""
+    splits = {k: v for k, v in chosen.items() if k in ("val", "test") and isinstance(v, dict)}
+    keys = list(
+        dict.fromkeys(
+            k
+            for figs in splits.values()
+            for k, v in figs.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
+    )
+    frame = pd.DataFrame(
+        {"figure": keys, **{s: [figs.get(k) for k in keys] for s, figs in splits.items()}}
+    )
+    facts = {k: v for k, v in chosen.items() if k not in ("val", "test", "config")}
+    text = html.escape(yaml.safe_dump(facts, sort_keys=False, default_flow_style=None))
+    table = table_html(frame, table_id="eenn-chosen") if keys else ""
+    return f"<pre>{text}</pre>{table}"
+
+
 def _header(run: Run, front: ParetoFrontInfo) -> str:
     counts = ", ".join(
-        f"{p.strategy}: {len(p.trial)} evaluated, {int(p.feasible.sum())} feasible, {int(p.front.sum())} on the front"
+        f"{p.strategy}: {len(p.trial)} evaluated, {int(p.feasible.sum())} feasible, "
+        f"{int(p.front.sum())} on the front"
         for p in front.strategies
     )
-    chosen = ""
-    if run.chosen:
-        shown = {k: v for k, v in run.chosen.items() if k != "config"}
-        chosen = f"<h2>Chosen point</h2><pre>{html.escape(yaml.safe_dump(shown, sort_keys=False))}</pre>"
+    chosen = f"<h2>Chosen point</h2>{_chosen_html(run.chosen)}" if run.chosen else ""
     return (
         f"<p>Run folder: <code>{html.escape(str(run.path))}</code><br>"
         f"Objectives (minimised): {html.escape(', '.join(run.objectives))}; main strategy: "
@@ -103,7 +120,9 @@ def _header(run: Run, front: ParetoFrontInfo) -> str:
     )
 
 
-def _details_section(run: Run, front: ParetoFrontInfo, embed: FigureEmbedder) -> tuple[str, dict[str, object]]:
+def _details_section(
+    run: Run, front: ParetoFrontInfo, embed: FigureEmbedder
+) -> tuple[str, dict[str, object]]:
     trials = selectable_trials(front)
     by_trial = run.trials.set_index("trial", drop=False)
     series = [by_trial.loc[t] for t in trials]
@@ -116,28 +135,36 @@ def _details_section(run: Run, front: ParetoFrontInfo, embed: FigureEmbedder) ->
         "initial": str(initial),
         "exit": {str(t): [2 * i, 2 * i + 1] for i, t in enumerate(trials)},
         "map": {str(t): [n_fixed + 3 * i + k for k in range(3)] for i, t in enumerate(trials)},
-        "nExit": 2 * len(trials), "nMap": n_fixed + 3 * len(trials), "nFixedMap": n_fixed,
+        "nExit": 2 * len(trials),
+        "nMap": n_fixed + 3 * len(trials),
+        "nFixedMap": n_fixed,
         "desc": {str(t): hover.get(t, f"trial {t}") for t in trials},
     }
     options = "".join(
-        f'<option value="{t}">trial {t}{" (chosen)" if t == front.chosen_trial else ""}</option>' for t in trials
+        f'<option value="{t}">trial {t}{" (chosen)" if t == front.chosen_trial else ""}</option>'
+        for t in trials
     )
     body = (
-        "<h2>Selected point</h2><p class=\"note\">Pick a point here, click one on the Pareto front or a row "
-        f'of the table. <select id="eenn-select">{options}</select></p><p id="eenn-selected-desc"></p>'
+        '<h2>Selected point</h2><p class="note">Pick a point here, click one on the Pareto '
+        f'front or a row of the table. <select id="eenn-select">{options}</select></p>'
+        '<p id="eenn-selected-desc"></p>'
         + embed(exit_figure(dists, initial), div_id="eenn-exits")
         + embed(mapping_figure(maps, initial), div_id="eenn-mapping")
-        + '<p class="note">Strip widths are segment MACs (summary.json candidates.segment_macs); link labels '
-        "are the bytes sent per sample at the sending device's activation bit-width.</p>"
+        + '<p class="note">Strip widths are segment MACs (summary.json candidates.segment_macs); '
+        "link labels are the bytes sent per sample at the sending device's activation "
+        "bit-width.</p>"
     )
     return body, state
 
 
 def _hv_note(hv: HypervolumeInfo) -> str:
     ref = ", ".join(f"{o} = {v:.6g}" for o, v in zip(hv.objectives, hv.reference, strict=True))
-    return (f'<p class="note">Hypervolume (pymoo.indicators.hv.HV) of the feasible points evaluated so far. '
-            f"Each objective is divided by the reference point r ({ref}; source: {hv.reference_source}), so "
-            "r becomes (1, ..., 1) and the value is the share of the box [0, r] the points dominate.</p>")
+    return (
+        '<p class="note">Hypervolume (pymoo.indicators.hv.HV) of the feasible points evaluated '
+        f"so far. Each objective is divided by the reference point r ({ref}; source: "
+        f"{hv.reference_source}), so r becomes (1, ..., 1) and the value is the share of the box "
+        "[0, r] the points dominate.</p>"
+    )
 
 
 def render_report(run: Run) -> str:
@@ -145,18 +172,38 @@ def render_report(run: Run) -> str:
     embed = FigureEmbedder()
     front = get_pareto_front_info(run)
     hv = get_hypervolume_info(run, front)
-    parts = [_header(run, front), "<h2>Pareto front</h2>", embed(pareto_figure(front), div_id="eenn-pareto")]
+    parts = [
+        _header(run, front),
+        "<h2>Pareto front</h2>",
+        embed(pareto_figure(front), div_id="eenn-pareto"),
+    ]
     if sum(o != "error" for o in front.objectives) >= 2:
-        parts += [embed(three_d_figure(front), div_id="eenn-3d"), embed(matrix_figure(front), div_id="eenn-matrix")]
-    parts += ["<h2>Search progress</h2>", embed(hypervolume_figure(hv), div_id="eenn-hv"), _hv_note(hv)]
+        parts += [
+            embed(three_d_figure(front), div_id="eenn-3d"),
+            embed(matrix_figure(front), div_id="eenn-matrix"),
+        ]
+    parts += [
+        "<h2>Search progress</h2>",
+        embed(hypervolume_figure(hv), div_id="eenn-hv"),
+        _hv_note(hv),
+    ]
     details, state = _details_section(run, front, embed)
-    parts += [details, "<h2>Pareto points</h2><p class=\"note\">Click a header to sort, a row to select.</p>",
-              table_html(pareto_table(run, front), table_id="eenn-table", row_key="trial")]
+    parts += [
+        details,
+        '<h2>Pareto points</h2><p class="note">Click a header to sort, a row to select.</p>',
+        table_html(pareto_table(run, front), table_id="eenn-table", row_key="trial"),
+    ]
     pairs = get_predicted_measured(run)
     if pairs:
-        parts += ["<h2>Predicted vs measured</h2>", embed(predicted_figure(pairs), div_id="eenn-measured")]
-    return page(title=f"EENN search report: {run.label}", body="\n".join(parts),
-                script=_SELECT_SCRIPT % script_json(state))
+        parts += [
+            "<h2>Predicted vs measured</h2>",
+            embed(predicted_figure(pairs), div_id="eenn-measured"),
+        ]
+    return page(
+        title=f"EENN search report: {run.label}",
+        body="\n".join(parts),
+        script=_SELECT_SCRIPT % script_json(state),
+    )
 
 
 def write_report(run_dir: Path, *, out: Path | None = None) -> Path:

@@ -144,10 +144,17 @@ def _backbone_refs(run: Run, objectives: tuple[str, ...]) -> tuple[BackboneRef, 
             "latency": float(bb.get(f"latency_s_{end}", math.nan)),
         }
         values = {o: values.get(o, math.nan) for o in (*objectives, "macs")}
-        if refs and np.allclose(list(refs[0].values.values()), list(values.values()), equal_nan=True):
+        if refs and np.allclose(
+            list(refs[0].values.values()), list(values.values()), equal_nan=True
+        ):
             continue
-        refs.append(BackboneRef(label=f"backbone alone on {device}",
-                                accuracy=float(bb["accuracy_val"]), values=values))
+        refs.append(
+            BackboneRef(
+                label=f"backbone alone on {device}",
+                accuracy=float(bb["accuracy_val"]),
+                values=values,
+            )
+        )
     return tuple(refs)
 
 
@@ -156,7 +163,9 @@ def _hover(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...]) -> tuple[s
     for _, row in rows.iterrows():
         config = parse_config(str(row["config"]), where=f"{run.path} trial {row['trial']}")
         figs = "<br>".join(
-            f"{OBJECTIVE_LABELS.get(o, o)}: {row[f'obj_{o}']:.4g}" for o in objectives if o != "error"
+            f"{OBJECTIVE_LABELS.get(o, o)}: {row[f'obj_{o}']:.4g}"
+            for o in objectives
+            if o != "error"
         )
         state = "feasible" if row["feasible"] else "infeasible"
         out.append(
@@ -166,7 +175,9 @@ def _hover(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...]) -> tuple[s
     return tuple(out)
 
 
-def strategy_points(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...], cost: str) -> StrategyPoints:
+def strategy_points(
+    run: Run, rows: pd.DataFrame, objectives: tuple[str, ...], cost: str
+) -> StrategyPoints:
     """The record of one strategy's rows (sorted by trial) on the given objectives."""
     values = rows[[f"obj_{o}" for o in objectives]].to_numpy(dtype=np.float64)
     feasible = rows["feasible"].to_numpy(dtype=bool)
@@ -199,6 +210,8 @@ def get_pareto_front_info(run: Run) -> ParetoFrontInfo:
         for s in _strategy_order(run)
     )
     chosen = run.summary.get("chosen_trial")
+    if chosen is None and run.chosen is not None:
+        chosen = run.chosen.get("trial")
     return ParetoFrontInfo(
         objectives=objectives,
         cost=cost,
@@ -208,18 +221,20 @@ def get_pareto_front_info(run: Run) -> ParetoFrontInfo:
     )
 
 
-def reference_point(
-    run: Run, objectives: tuple[str, ...]
-) -> tuple[NDArray[np.float64], str]:
+def reference_point(run: Run, objectives: tuple[str, ...]) -> tuple[NDArray[np.float64], str]:
     """The run's hypervolume reference on ``objectives`` and where it came from."""
     given = run.summary.get("hypervolume_reference")
     names = run.objectives
-    if given is not None and len(given) == len(names) and all(
-        v is not None and float(v) > 0 and math.isfinite(float(v)) for v in given
+    if (
+        given is not None
+        and len(given) == len(names)
+        and all(v is not None and float(v) > 0 and math.isfinite(float(v)) for v in given)
     ):
         by_name = dict(zip(names, (float(v) for v in given), strict=True))
         if all(o in by_name for o in objectives):
-            return np.asarray([by_name[o] for o in objectives]), "summary.json hypervolume_reference"
+            return np.asarray(
+                [by_name[o] for o in objectives]
+            ), "summary.json hypervolume_reference"
     feasible = run.trials[run.trials["feasible"]]
     data = feasible if len(feasible) else run.trials
     worst = data[[f"obj_{o}" for o in objectives]].to_numpy(dtype=np.float64).max(axis=0)
@@ -244,8 +259,11 @@ def _curve(points: StrategyPoints, reference: NDArray[np.float64]) -> Hypervolum
             front = np.vstack([front[~np.all(f <= front, axis=1)], f])
             current = hypervolume(front, reference)
         hv[i] = current
-    return HypervolumeCurve(strategy=points.strategy,
-                            evaluations=np.arange(1, len(hv) + 1, dtype=np.int64), hypervolume=hv)
+    return HypervolumeCurve(
+        strategy=points.strategy,
+        evaluations=np.arange(1, len(hv) + 1, dtype=np.int64),
+        hypervolume=hv,
+    )
 
 
 def get_hypervolume_info(run: Run, front: ParetoFrontInfo) -> HypervolumeInfo:
@@ -267,8 +285,11 @@ def pareto_table(run: Run, front: ParetoFrontInfo) -> pd.DataFrame:
             row = run.trials[run.trials["trial"] == points.trial[i]].iloc[0]
             config = parse_config(str(row["config"]), where=f"{run.path} trial {points.trial[i]}")
             exits, devices = describe_config(run, config).split("<br>")
-            record = {"trial": int(points.trial[i]), "strategy": points.strategy,
-                      "accuracy": float(points.accuracy[i])}
+            record = {
+                "trial": int(points.trial[i]),
+                "strategy": points.strategy,
+                "accuracy": float(points.accuracy[i]),
+            }
             for o in front.objectives:
                 if o != "error":
                     record[o] = float(row[f"obj_{o}"])
@@ -290,9 +311,14 @@ def get_predicted_measured(run: Run) -> tuple[PredictedMeasured, ...]:
             if meas == f"measured_{quantity}" or meas.startswith(f"measured_{quantity}_"):
                 both = frame[["trial", pred, meas]].apply(pd.to_numeric, errors="coerce").dropna()
                 if len(both):
-                    out.append(PredictedMeasured(
-                        quantity=quantity, predicted_column=pred, measured_column=meas,
-                        trial=both["trial"].to_numpy(dtype=np.int64),
-                        predicted=both[pred].to_numpy(dtype=np.float64),
-                        measured=both[meas].to_numpy(dtype=np.float64)))
+                    out.append(
+                        PredictedMeasured(
+                            quantity=quantity,
+                            predicted_column=pred,
+                            measured_column=meas,
+                            trial=both["trial"].to_numpy(dtype=np.int64),
+                            predicted=both[pred].to_numpy(dtype=np.float64),
+                            measured=both[meas].to_numpy(dtype=np.float64),
+                        )
+                    )
     return tuple(out)

@@ -33,12 +33,33 @@ def platform() -> Platform:
     return Platform(
         name="three_tier_test",
         devices=(
-            Device(name="mcu", macs_per_second=5e7, energy_per_mac_j=4e-12, static_power_w=0.01,
-                   ram_bytes=256_000, flash_bytes=1_000_000, activation_bits=8),
-            Device(name="gateway", macs_per_second=5e9, energy_per_mac_j=2e-11, static_power_w=0.5,
-                   ram_bytes=1 << 30, flash_bytes=1 << 32, activation_bits=16),
-            Device(name="server", macs_per_second=1e12, energy_per_mac_j=5e-11, static_power_w=30.0,
-                   ram_bytes=1 << 34, flash_bytes=1 << 40, activation_bits=32),
+            Device(
+                name="mcu",
+                macs_per_second=5e7,
+                energy_per_mac_j=4e-12,
+                static_power_w=0.01,
+                ram_bytes=256_000,
+                flash_bytes=1_000_000,
+                activation_bits=8,
+            ),
+            Device(
+                name="gateway",
+                macs_per_second=5e9,
+                energy_per_mac_j=2e-11,
+                static_power_w=0.5,
+                ram_bytes=1 << 30,
+                flash_bytes=1 << 32,
+                activation_bits=16,
+            ),
+            Device(
+                name="server",
+                macs_per_second=1e12,
+                energy_per_mac_j=5e-11,
+                static_power_w=30.0,
+                ram_bytes=1 << 34,
+                flash_bytes=1 << 40,
+                activation_bits=32,
+            ),
         ),
         links=(
             Link(name="ble", bandwidth_bits_per_s=1e6, latency_s=0.01, energy_per_byte_j=1e-7),
@@ -65,10 +86,15 @@ def backbone_costs() -> BackboneCosts:
 
 def _random_config(rng: np.random.Generator, n_links: int) -> EENNConfig:
     n_cand = len(CANDIDATES)
-    active = sorted(rng.choice(n_cand, size=int(rng.choice(4, p=[0.1, 0.3, 0.3, 0.3])), replace=False).tolist())
+    active = sorted(
+        rng.choice(n_cand, size=int(rng.choice(4, p=[0.1, 0.3, 0.3, 0.3])), replace=False).tolist()
+    )
     exits = tuple(
-        ExitChoice(candidate=int(c), head=int(rng.integers(0, len(HEADS))),
-                   threshold=round(float(rng.uniform(0.5, 0.99)), 3))
+        ExitChoice(
+            candidate=int(c),
+            head=int(rng.integers(0, len(HEADS))),
+            threshold=round(float(rng.uniform(0.5, 0.99)), 3),
+        )
         for c in active
     )
     bounds = tuple(sorted(int(b) for b in rng.integers(0, n_cand + 2, size=n_links)))
@@ -76,12 +102,16 @@ def _random_config(rng: np.random.Generator, n_links: int) -> EENNConfig:
 
 
 def _config_json(config: EENNConfig) -> str:
-    return json.dumps({
-        "exits": [{"candidate": e.candidate, "head": e.head, "threshold": e.threshold}
-                  for e in config.exits],
-        "boundaries": list(config.boundaries),
-        "metric": config.metric,
-    })
+    return json.dumps(
+        {
+            "exits": [
+                {"candidate": e.candidate, "head": e.head, "threshold": e.threshold}
+                for e in config.exits
+            ],
+            "boundaries": list(config.boundaries),
+            "metric": config.metric,
+        }
+    )
 
 
 def _trial_row(rng: np.random.Generator, config: EENNConfig) -> dict[str, Any]:
@@ -100,7 +130,9 @@ def _trial_row(rng: np.random.Generator, config: EENNConfig) -> dict[str, Any]:
         "energy_j": float(shares @ paths.energy_j),
         "latency_s": float(shares @ paths.latency_s),
         "exit_fractions": json.dumps(shares.tolist()),
-        "exit_accuracy": json.dumps([None if s == 0 else float(a) for s, a in zip(shares, exit_acc)]),
+        "exit_accuracy": json.dumps(
+            [None if s == 0 else float(a) for s, a in zip(shares, exit_acc, strict=True)]
+        ),
     }
 
 
@@ -140,13 +172,16 @@ def trials_frame(
     obj_cols = [f"obj_{o}" for o in objectives]
     for strategy in strategies:
         sel = (frame["strategy"] == strategy).to_numpy()
-        mask = _pareto_loop(frame.loc[sel, obj_cols].to_numpy(), frame.loc[sel, "feasible"].to_numpy())
+        mask = _pareto_loop(
+            frame.loc[sel, obj_cols].to_numpy(), frame.loc[sel, "feasible"].to_numpy()
+        )
         frame.loc[sel, "pareto"] = mask
     return frame
 
 
-def _summary(frame: pd.DataFrame, objectives: Sequence[str], strategy: str, chosen: int,
-             reference: bool) -> dict[str, Any]:
+def _summary(
+    frame: pd.DataFrame, objectives: Sequence[str], strategy: str, chosen: int, reference: bool
+) -> dict[str, Any]:
     costs, plat = backbone_costs(), platform()
     cum = np.cumsum(costs.segment_macs)
     first, last = plat.devices[0], plat.devices[-1]
@@ -155,24 +190,36 @@ def _summary(frame: pd.DataFrame, objectives: Sequence[str], strategy: str, chos
         "objectives": list(objectives),
         "strategy": strategy,
         "backbone": {
-            "accuracy_val": BACKBONE_ACCURACY, "accuracy_test": 0.971, "macs": total,
-            "energy_j_first": total * first.energy_per_mac_j + first.static_power_w * total / first.macs_per_second,
+            "accuracy_val": BACKBONE_ACCURACY,
+            "accuracy_test": 0.971,
+            "macs": total,
+            "energy_j_first": total * first.energy_per_mac_j
+            + first.static_power_w * total / first.macs_per_second,
             "latency_s_first": total / first.macs_per_second,
-            "energy_j_last": total * last.energy_per_mac_j + last.static_power_w * total / last.macs_per_second,
+            "energy_j_last": total * last.energy_per_mac_j
+            + last.static_power_w * total / last.macs_per_second,
             "latency_s_last": total / last.macs_per_second,
         },
         "candidates": [
-            {"name": n, "index": i, "shape": [int(costs.activation_elems[i])],
-             "bytes_fp32": int(costs.activation_elems[i]) * 4, "bytes_int8": int(costs.activation_elems[i]),
-             "cumulative_macs": int(cum[i]), "segment_macs": int(costs.segment_macs[i]),
-             "segment_param_bytes": int(costs.segment_params[i]) * 4}
+            {
+                "name": n,
+                "index": i,
+                "shape": [int(costs.activation_elems[i])],
+                "bytes_fp32": int(costs.activation_elems[i]) * 4,
+                "bytes_int8": int(costs.activation_elems[i]),
+                "cumulative_macs": int(cum[i]),
+                "segment_macs": int(costs.segment_macs[i]),
+                "segment_param_bytes": int(costs.segment_params[i]) * 4,
+            }
             for i, n in enumerate(CANDIDATES)
         ],
         "heads": list(HEADS),
         "head_macs": costs.head_macs.tolist(),
         "platform": {
             "name": plat.name,
-            "devices": [{"name": d.name, "activation_bits": d.activation_bits} for d in plat.devices],
+            "devices": [
+                {"name": d.name, "activation_bits": d.activation_bits} for d in plat.devices
+            ],
             "links": [{"name": link.name} for link in plat.links],
         },
         "chosen_trial": chosen,
@@ -194,35 +241,64 @@ def write_fake_run(
     evaluated: bool = True,
     reference: bool = True,
 ) -> Path:
-    """Write trials.parquet, pareto.csv, chosen.yaml, summary.json, config.yaml (+ evaluated.csv)."""
+    """Write trials.parquet, pareto.csv, chosen.yaml, summary.json, config.yaml, evaluated.csv."""
     path.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(seed=seed, objectives=objectives, strategies=strategies, n_trials=n_trials)
     main = frame[(frame["strategy"] == strategies[0]) & frame["feasible"]]
     cost = next((o for o in objectives if o != "error"), "macs")
     chosen = main.sort_values(f"obj_{cost}" if f"obj_{cost}" in main else cost).iloc[0]
     frame.to_parquet(path / "trials.parquet", index=False)
-    frame[frame["pareto"] & (frame["strategy"] == strategies[0])].to_csv(path / "pareto.csv", index=False)
-    (path / "summary.json").write_text(json.dumps(
-        _summary(frame, objectives, strategies[0], int(chosen["trial"]), reference), indent=1))
-    (path / "chosen.yaml").write_text(yaml.safe_dump({
-        "trial": int(chosen["trial"]), "config": json.loads(chosen["config"]),
-        "val": {"accuracy": float(chosen["accuracy"]), "macs": float(chosen["macs"])},
-        "test": {"accuracy": float(chosen["accuracy"]) - 0.004, "macs": float(chosen["macs"]) * 1.01},
-    }))
-    (path / "config.yaml").write_text(yaml.safe_dump({
-        "seed": seed, "model": {"name": "mnist_cnn"}, "search": {"backend": strategies[0]},
-        "objectives": list(objectives)}))
+    frame[frame["pareto"] & (frame["strategy"] == strategies[0])].to_csv(
+        path / "pareto.csv", index=False
+    )
+    (path / "summary.json").write_text(
+        json.dumps(
+            _summary(frame, objectives, strategies[0], int(chosen["trial"]), reference), indent=1
+        )
+    )
+    figures = {k: float(chosen[k]) for k in ("accuracy", "error", "macs", "energy_j", "latency_s")}
+    (path / "chosen.yaml").write_text(
+        yaml.safe_dump(
+            {  # the shape search/results.py writes
+                "strategy": strategies[0],
+                "feasible": True,
+                "message": "",
+                "trial": int(chosen["trial"]),
+                "objectives": {o: float(chosen[f"obj_{o}"]) for o in objectives},
+                "config": json.loads(chosen["config"]),
+                "val": {**figures, "exit_fractions": json.loads(chosen["exit_fractions"])},
+                "test": {
+                    **figures,
+                    "accuracy": figures["accuracy"] - 0.004,
+                    "error": figures["error"] + 0.004,
+                },
+            },
+            sort_keys=False,
+        )
+    )
+    (path / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "seed": seed,
+                "model": {"name": "mnist_cnn"},
+                "search": {"backend": strategies[0]},
+                "objectives": list(objectives),
+            }
+        )
+    )
     if evaluated:
         rng = np.random.default_rng(seed + 1)
         pts = frame[frame["pareto"] & (frame["strategy"] == strategies[0])]
-        pd.DataFrame({
-            "trial": pts["trial"],
-            "predicted_accuracy": pts["accuracy"],
-            "measured_accuracy_val": pts["accuracy"],
-            "measured_accuracy_test": pts["accuracy"] - rng.uniform(0, 0.01, len(pts)),
-            "predicted_macs": pts["macs"],
-            "measured_macs": pts["macs"] * rng.uniform(0.98, 1.02, len(pts)),
-        }).to_csv(path / "evaluated.csv", index=False)
+        pd.DataFrame(
+            {
+                "trial": pts["trial"],
+                "predicted_accuracy": pts["accuracy"],
+                "measured_accuracy_val": pts["accuracy"],
+                "measured_accuracy_test": pts["accuracy"] - rng.uniform(0, 0.01, len(pts)),
+                "predicted_macs": pts["macs"],
+                "measured_macs": pts["macs"] * rng.uniform(0.98, 1.02, len(pts)),
+            }
+        ).to_csv(path / "evaluated.csv", index=False)
     return path
 
 
@@ -234,16 +310,19 @@ def write_custom_run(
     reference: Sequence[float] | None = None,
     main: str = "pymoo_nsga2",
 ) -> Path:
-    """Write a run folder whose trials are exactly ``rows`` (dicts with accuracy, obj_*, feasible, ...).
+    """Write a run folder whose trials are exactly ``rows`` (dicts: accuracy, obj_*, feasible...).
 
     Missing schema columns get neutral defaults (no exits, all samples at the classifier).
     """
     path.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(rows))
     defaults: dict[str, Any] = {
-        "strategy": main, "generation": 0, "pareto": False,
+        "strategy": main,
+        "generation": 0,
+        "pareto": False,
         "config": _config_json(EENNConfig(exits=(), boundaries=(6, 6))),
-        "exit_fractions": "[1.0]", "exit_accuracy": "[1.0]",
+        "exit_fractions": "[1.0]",
+        "exit_accuracy": "[1.0]",
     }
     for column, value in defaults.items():
         frame[column] = frame[column].fillna(value) if column in frame else value
@@ -254,7 +333,7 @@ def write_custom_run(
     frame["error"] = 1.0 - frame["accuracy"]
     for o, column in _OBJ_COLUMN.items():
         if column not in frame:
-            frame[column] = frame[f"obj_{o}"] if f"obj_{o}" in frame else 0.0
+            frame[column] = frame.get(f"obj_{o}", 0.0)
     frame.to_parquet(path / "trials.parquet", index=False)
     summary = _summary(frame, objectives, main, int(frame["trial"].iloc[0]), reference=False)
     if reference is not None:

@@ -25,7 +25,9 @@ from search.report._records import (
 
 
 def _fake_run_module() -> Any:
-    spec = importlib.util.spec_from_file_location("_report_fake_run", Path(__file__).with_name("_fake_run.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_report_fake_run", Path(__file__).with_name("_fake_run.py")
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -35,8 +37,8 @@ def _fake_run_module() -> Any:
 
 fake = _fake_run_module()
 
-# error, macs; reference (0.2, 1000). Trial 2 is dominated by 0; trial 3 is infeasible (would dominate);
-# trial 5 belongs to the random strategy and must not count for the main front.
+# error, macs; reference (0.2, 1000). Trial 2 is dominated by 0; trial 3 is infeasible (it would
+# dominate); trial 5 belongs to the random strategy and must not count for the main front.
 HAND_ROWS = [
     {"obj_error": 0.10, "obj_macs": 500.0, "feasible": True},
     {"obj_error": 0.15, "obj_macs": 900.0, "feasible": False},
@@ -49,7 +51,7 @@ HAND_ROWS = [
 
 @pytest.fixture()
 def hand_run(tmp_path: Path) -> Path:
-    return fake.write_custom_run(tmp_path / "hand", HAND_ROWS, reference=[0.2, 1000.0])
+    return Path(fake.write_custom_run(tmp_path / "hand", HAND_ROWS, reference=[0.2, 1000.0]))
 
 
 def test_front_of_hand_made_run(hand_run: Path) -> None:
@@ -60,7 +62,9 @@ def test_front_of_hand_made_run(hand_run: Path) -> None:
     assert other.trial[other.front].tolist() == [5]
     np.testing.assert_array_equal(main.front, main.front_2d)
     assert info.cost == "macs"
-    assert [r.label for r in info.backbone] == ["backbone alone on mcu"]  # first == last on these objectives
+    assert [r.label for r in info.backbone] == [
+        "backbone alone on mcu"
+    ]  # first == last on these objectives
 
 
 def test_hypervolume_of_hand_made_run(hand_run: Path) -> None:
@@ -81,15 +85,23 @@ def test_reference_fallback_when_summary_has_none(tmp_path: Path) -> None:
     np.testing.assert_allclose(hv.reference, [1.1 * 0.12, 1.1 * 800.0])
 
 
-@pytest.mark.parametrize("objectives", [("error", "macs"), ("error", "macs", "energy"),
-                                        ("error", "latency", "macs", "energy")])
-def test_fronts_and_hypervolume_agree_with_independent_checks(tmp_path: Path, objectives: tuple[str, ...]) -> None:
-    run = load_run(fake.write_fake_run(tmp_path / "run", seed=11, objectives=objectives, evaluated=False))
+@pytest.mark.parametrize(
+    "objectives",
+    [("error", "macs"), ("error", "macs", "energy"), ("error", "latency", "macs", "energy")],
+)
+def test_fronts_and_hypervolume_agree_with_independent_checks(
+    tmp_path: Path, objectives: tuple[str, ...]
+) -> None:
+    run = load_run(
+        fake.write_fake_run(tmp_path / "run", seed=11, objectives=objectives, evaluated=False)
+    )
     info = get_pareto_front_info(run)
     hv = get_hypervolume_info(run, info)
     for points, curve in zip(info.strategies, hv.curves, strict=True):
         rows = run.trials.set_index("trial").loc[points.trial]
-        np.testing.assert_array_equal(points.front, rows["pareto"].to_numpy())  # fixture's O(n^2) loop
+        np.testing.assert_array_equal(
+            points.front, rows["pareto"].to_numpy()
+        )  # fixture's O(n^2) loop
         assert np.all(np.diff(curve.hypervolume) >= 0)
         feasible = points.values[points.feasible]
         assert curve.hypervolume[-1] == pytest.approx(hypervolume(feasible, hv.reference))
@@ -98,11 +110,22 @@ def test_fronts_and_hypervolume_agree_with_independent_checks(tmp_path: Path, ob
 
 
 def test_exit_distribution_labels_and_nulls(tmp_path: Path) -> None:
-    config = {"exits": [{"candidate": 1, "head": 0, "threshold": 0.9},
-                        {"candidate": 3, "head": 1, "threshold": 0.8}], "boundaries": [6, 6],
-              "metric": "max_softmax"}
-    row = {"obj_error": 0.1, "obj_macs": 10.0, "feasible": True, "config": json.dumps(config),
-           "exit_fractions": "[0.5, 0.0, 0.5]", "exit_accuracy": "[0.96, null, 0.9]"}
+    config = {
+        "exits": [
+            {"candidate": 1, "head": 0, "threshold": 0.9},
+            {"candidate": 3, "head": 1, "threshold": 0.8},
+        ],
+        "boundaries": [6, 6],
+        "metric": "max_softmax",
+    }
+    row = {
+        "obj_error": 0.1,
+        "obj_macs": 10.0,
+        "feasible": True,
+        "config": json.dumps(config),
+        "exit_fractions": "[0.5, 0.0, 0.5]",
+        "exit_accuracy": "[0.96, null, 0.9]",
+    }
     run = load_run(fake.write_custom_run(tmp_path / "exits", [row]))
     dist = exit_distribution(run, run.trials.iloc[0])
     assert dist.labels == ("pool1 (linear, t=0.9)", "pool2 (mlp, t=0.8)", "final classifier")
@@ -112,10 +135,19 @@ def test_exit_distribution_labels_and_nulls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("boundaries", [(2, 4), (0, 6), (3, 3), (6, 6), (0, 0)])
 def test_device_mapping_matches_cost_model(tmp_path: Path, boundaries: tuple[int, int]) -> None:
-    config = {"exits": [{"candidate": 2, "head": 1, "threshold": 0.7}], "boundaries": list(boundaries),
-              "metric": "max_softmax"}
-    row = {"obj_error": 0.1, "obj_macs": 10.0, "feasible": True, "config": json.dumps(config),
-           "exit_fractions": "[0.3, 0.7]", "exit_accuracy": "[0.9, 0.97]"}
+    config = {
+        "exits": [{"candidate": 2, "head": 1, "threshold": 0.7}],
+        "boundaries": list(boundaries),
+        "metric": "max_softmax",
+    }
+    row = {
+        "obj_error": 0.1,
+        "obj_macs": 10.0,
+        "feasible": True,
+        "config": json.dumps(config),
+        "exit_fractions": "[0.3, 0.7]",
+        "exit_accuracy": "[0.9, 0.97]",
+    }
     run = load_run(fake.write_custom_run(tmp_path / "map", [row]))
     mapping = device_mapping(run, run.trials.iloc[0])
     costs = fake.backbone_costs()
@@ -129,8 +161,11 @@ def test_device_mapping_matches_cost_model(tmp_path: Path, boundaries: tuple[int
     plat = fake.platform()
     bytes_only = dataclasses.replace(
         plat,
-        devices=tuple(dataclasses.replace(d, energy_per_mac_j=0.0, static_power_w=0.0) for d in plat.devices),
-        links=tuple(dataclasses.replace(link, energy_per_byte_j=1.0) for link in plat.links))
+        devices=tuple(
+            dataclasses.replace(d, energy_per_mac_j=0.0, static_power_w=0.0) for d in plat.devices
+        ),
+        links=tuple(dataclasses.replace(link, energy_per_byte_j=1.0) for link in plat.links),
+    )
     expected = path_costs(eenn, costs, bytes_only).energy_j[-1]
     assert sum(link.n_bytes or 0.0 for link in mapping.links) == pytest.approx(expected)
 
@@ -141,28 +176,41 @@ def test_link_bytes_use_sender_bits(tmp_path: Path) -> None:
     run = load_run(fake.write_custom_run(tmp_path / "bits", [row]))
     ble, wifi = device_mapping(run, run.trials.iloc[0]).links
     cands = run.summary["candidates"]
-    assert (ble.sender, ble.tensor, ble.n_bytes) == ("mcu", "pool1", cands[1]["bytes_int8"])  # int8 MCU
-    assert (wifi.sender, wifi.tensor, wifi.n_bytes) == ("gateway", "pool2", cands[3]["bytes_fp32"] / 2)
+    assert (ble.sender, ble.tensor, ble.n_bytes) == (
+        "mcu",
+        "pool1",
+        cands[1]["bytes_int8"],
+    )  # int8 MCU
+    assert (wifi.sender, wifi.tensor, wifi.n_bytes) == (
+        "gateway",
+        "pool2",
+        cands[3]["bytes_fp32"] / 2,
+    )
 
 
 def test_predicted_measured_pairs(tmp_path: Path) -> None:
     run = load_run(fake.write_fake_run(tmp_path / "ev", seed=2))
     pairs = {(p.predicted_column, p.measured_column) for p in get_predicted_measured(run)}
-    assert pairs == {("predicted_accuracy", "measured_accuracy_val"),
-                     ("predicted_accuracy", "measured_accuracy_test"), ("predicted_macs", "measured_macs")}
+    assert pairs == {
+        ("predicted_accuracy", "measured_accuracy_val"),
+        ("predicted_accuracy", "measured_accuracy_test"),
+        ("predicted_macs", "measured_macs"),
+    }
     run = load_run(fake.write_fake_run(tmp_path / "noev", seed=2, evaluated=False))
     assert get_predicted_measured(run) == ()
 
 
 def test_comparison_uses_common_reference_and_threshold(tmp_path: Path) -> None:
     a = load_run(fake.write_fake_run(tmp_path / "a", seed=1, objectives=("error", "macs")))
-    b = load_run(fake.write_fake_run(tmp_path / "b", seed=2, objectives=("error", "energy", "macs")))
+    b = load_run(
+        fake.write_fake_run(tmp_path / "b", seed=2, objectives=("error", "energy", "macs"))
+    )
     info = get_comparison_info([a, b], max_drop=0.03)
     assert info.objectives == ("error", "macs") and info.cost == "macs"
     ref_a, ref_b = (np.asarray(r.summary["hypervolume_reference"]) for r in (a, b))
     np.testing.assert_allclose(info.reference, np.maximum(ref_a, ref_b[[0, 2]]))
     assert info.min_accuracy == pytest.approx(fake.BACKBONE_ACCURACY - 0.03)
-    for run, points, hv, best in zip((a, b), info.points, info.hypervolume, info.best, strict=True):
+    for run, hv, best in zip((a, b), info.hypervolume, info.best, strict=True):
         main = run.trials[run.trials["strategy"] == run.strategy]
         ok = main[main["feasible"] & (main["accuracy"] >= info.min_accuracy)]
         assert best.cost == pytest.approx(ok["obj_macs"].min())
@@ -183,7 +231,9 @@ def test_comparison_without_shared_cost_is_one_line_error(tmp_path: Path) -> Non
 
 def test_not_a_run_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ReportError, match=r"empty is not a run folder: missing trials.parquet, summary.json"):
+    with pytest.raises(
+        ReportError, match=r"empty is not a run folder: missing trials.parquet, summary.json"
+    ):
         load_run(tmp_path / "empty")
     with pytest.raises(ReportError, match=r"is not a folder"):
         load_run(tmp_path / "nowhere")
