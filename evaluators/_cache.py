@@ -1,0 +1,102 @@
+"""Atomic, checksummed cache entries shared by features, heads and prediction tables.
+
+An entry is a folder of files plus ``manifest.json``. Files are written under a
+``.part`` name and renamed when complete; the manifest (sizes and SHA-256 of
+every file) is written last, by atomic rename. An entry without a manifest, or
+whose files do not match it, is incomplete or corrupt: it is removed and
+rebuilt, never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from evaluators.hashing import hash_file
+
+__all__ = ["CacheError", "commit_entry", "ensure_writable", "open_array", "read_entry", "reset_entry"]
+
+MANIFEST = "manifest.json"
+_log = logging.getLogger(__name__)
+
+
+class CacheError(RuntimeError):
+    """A cache folder that cannot be used; the message names the fix."""
+
+
+def ensure_writable(root: Path) -> None:
+    """Create ``root`` and check that files can be written there (one-line error if not)."""
+    probe = root / f".write-probe-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CacheError(
+            f"cache_dir={str(root)!r} is not writable ({err.strerror or err}); "
+            "set cache_dir (or EENN_CACHE_DIR) to a writable folder"
+        ) from None
+
+
+def read_entry(path: Path, *, verify: bool = True) -> dict[str, Any] | None:
+    """The manifest of a complete, intact entry at ``path``, else ``None``.
+
+    A damaged entry (missing manifest, wrong size, wrong checksum) is removed
+    so that the caller rebuilds it. ``verify=False`` skips the checksums
+    (sizes are still checked).
+    """
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        if path.exists():
+            _log.warning("cache entry %s is incomplete (no manifest); rebuilding it", path)
+            reset_entry(path)
+        return None
+    try:
+        meta: dict[str, Any] = json.loads(manifest.read_text())
+        for name, info in meta["files"].items():
+            file = path / name
+            if file.stat().st_size != info["bytes"]:
+                raise ValueError(f"{name} has {file.stat().st_size} bytes, manifest says {info['bytes']}")
+            if verify and hash_file(file) != info["sha256"]:
+                raise ValueError(f"{name} does not match its checksum")
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        _log.warning("cache entry %s is corrupt (%s); rebuilding it", path, err)
+        reset_entry(path)
+        return None
+    return meta
+
+
+def reset_entry(path: Path) -> None:
+    """Remove whatever is at ``path`` and create it as an empty folder."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def open_array(path: Path, name: str, shape: Sequence[int], dtype: DTypeLike) -> NDArray[Any]:
+    """A writable ``.npy`` memory map ``path/name`` under a temporary ``.part`` name."""
+    part = path / f"{name}.part"
+    return np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=tuple(shape))
+
+
+def commit_entry(path: Path, files: Sequence[str], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Finish an entry: rename ``.part`` files, checksum every file, write the manifest last."""
+    info: dict[str, Any] = {}
+    for name in files:
+        part = path / f"{name}.part"
+        if part.exists():
+            os.replace(part, path / name)
+        file = path / name
+        info[name] = {"bytes": file.stat().st_size, "sha256": hash_file(file)}
+    full = {**meta, "files": info}
+    tmp = path / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(full, indent=1, sort_keys=True))
+    os.replace(tmp, path / MANIFEST)
+    return full

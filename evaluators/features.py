@@ -1,0 +1,380 @@
+"""One-pass feature cache: pooled activations at every exit candidate, on disk.
+
+One backbone pass per split captures every candidate at once (an fx graph whose
+outputs are the candidate nodes, pooled in-graph, plus the final logits; or
+forward hooks for ``kind="module"``). Each (split, candidate) is one cache
+entry keyed by a content hash of weights, data, candidate and pooling:
+
+* ``train`` features are fp16 memory maps (head training only needs that much);
+* every other split (``val``, ``test``) is float32 and computed without
+  autocast, so the prediction table sees the numbers a live fp32 EENN sees.
+
+Entries are written atomically with a checksummed manifest (see
+:mod:`evaluators._cache`), so an interrupted pass resumes with the entries
+that were complete, and a damaged entry is rebuilt instead of read.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch import Tensor, fx, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from evaluators._cache import (
+    CacheError,
+    commit_entry,
+    ensure_writable,
+    open_array,
+    read_entry,
+    reset_entry,
+)
+from evaluators.graph import trace
+from evaluators.hashing import hash_json
+
+__all__ = ["FeatureCacheError", "FeatureStore", "extract_features", "pool_features", "pooled_shape"]
+
+FORMAT_VERSION = 1
+OUTPUT = "__output__"  # pseudo-candidate of the entry holding labels and logits
+_FP16_MAX = 65504.0
+
+
+class FeatureCacheError(CacheError):
+    """The feature cache cannot be built as configured; the message names the knob."""
+
+
+def pool_features(x: Tensor, pool: int) -> Tensor:
+    """Adaptive average pooling of an activation to at most ``pool`` x ``pool`` positions.
+
+    ``(B,C,H,W)`` -> ``(B,C,min(H,pool),min(W,pool))``. ``(B,C,L)`` is read as a
+    channels-first sequence (1D CNN) -> ``(B,C,min(L,pool*pool))``, as many
+    positions as a pooled map; transformer tokens ``(B,T,D)`` are hence pooled
+    over ``D``, so expose them as ``(B,D,T)`` to pool over tokens. ``(B,D)``
+    stays as it is. An input that is already small enough is returned
+    unchanged, so pooling a pooled feature is exactly the identity. Maps are
+    pooled in channels-last layout (3-6x faster on CPU than channels-first);
+    the result is contiguous. The runtime applies this same function: heads
+    start with it.
+    """
+    if x.dim() == 4:
+        size = (min(x.shape[2], pool), min(x.shape[3], pool))
+        if size == tuple(x.shape[2:]):
+            return x
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.adaptive_avg_pool2d(x, size).contiguous()
+    if x.dim() == 3:
+        length = min(x.shape[2], pool * pool)
+        return x if length == x.shape[2] else F.adaptive_avg_pool1d(x, length)
+    if x.dim() == 2:
+        return x
+    raise FeatureCacheError(
+        f"cannot pool an activation of shape {tuple(x.shape)}; exit candidates must be "
+        "(B,D), (B,C,L) or (B,C,H,W) tensors: choose other candidates"
+    )
+
+
+torch.fx.wrap("pool_features")  # a leaf in fx traces of heads: no shape-dependent control flow
+
+
+def pooled_shape(shape: Sequence[int], pool: int) -> tuple[int, ...]:
+    """Shape (without batch) that :func:`pool_features` gives for an activation of ``shape``."""
+    if len(shape) == 3:
+        return (shape[0], min(shape[1], pool), min(shape[2], pool))
+    if len(shape) == 2:
+        return (shape[0], min(shape[1], pool * pool))
+    if len(shape) == 1:
+        return (shape[0],)
+    raise FeatureCacheError(f"cannot pool an activation of shape {tuple(shape)}; choose other candidates")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureStore:
+    """Cached pooled features, labels and backbone logits per split (read-only arrays)."""
+
+    root: Path
+    points: tuple[str, ...]
+    kind: str
+    pool: int
+    raw_shapes: Mapping[str, tuple[int, ...]]  # activation shape at each candidate, no batch
+    shapes: Mapping[str, tuple[int, ...]]  # pooled (stored) shape at each candidate
+    keys: Mapping[tuple[str, str], str]  # (split, candidate or OUTPUT) -> entry key
+    arrays: Mapping[tuple[str, str], NDArray[Any]] = field(repr=False)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(split for split, _ in self.keys))
+
+    @property
+    def key(self) -> str:
+        """Content hash of everything in the store."""
+        return hash_json(sorted(self.keys.values()))
+
+    def split_key(self, split: str) -> str:
+        """Content hash of one split's entries (features of every candidate, labels, logits)."""
+        return hash_json([self.keys[(split, p)] for p in (*self.points, OUTPUT)])
+
+    def features(self, split: str, point: str) -> NDArray[Any]:
+        """``(N, *shapes[point])`` pooled features (fp16 for train, float32 otherwise)."""
+        return self.arrays[(split, point)]
+
+    def labels(self, split: str) -> NDArray[np.int64]:
+        return self.arrays[(split, "labels")]
+
+    def logits(self, split: str) -> NDArray[np.float32]:
+        """``(N, K)`` output of the backbone's own classifier."""
+        return self.arrays[(split, "logits")]
+
+    def n_samples(self, split: str) -> int:
+        return int(self.labels(split).shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.logits(self.splits[0]).shape[1])
+
+
+def _snapshot(x: Tensor, pool: int | None) -> Tensor:
+    """The pooled activation as a tensor of its own, safe from later in-place ops."""
+    if pool is None:
+        return x.detach().clone()
+    pooled = pool_features(x, pool)
+    return pooled.clone() if pooled is x else pooled
+
+
+class _HookExtractor(nn.Module):
+    """Returns ``(logits, *features)`` captured by forward hooks on named submodules."""
+
+    def __init__(self, model: nn.Module, points: Sequence[str], pool: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.points = tuple(points)
+        self.pool = pool
+        self._seen: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+        for point in self.points:
+            try:
+                module = model.get_submodule(point)
+            except AttributeError:
+                raise FeatureCacheError(
+                    f"candidate module {point!r} is not a submodule of {type(model).__name__}; "
+                    "fix model.candidates.modules (dotted paths from named_modules())"
+                ) from None
+            self._handles.append(module.register_forward_hook(self._hook(point)))
+
+    def remove(self) -> None:
+        """Detach the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook(self, point: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if not isinstance(output, Tensor):
+                raise FeatureCacheError(f"candidate module {point!r} returns {type(output).__name__}, not a tensor")
+            self._seen[point] = _snapshot(output, self.pool)
+
+        return hook
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        self._seen.clear()
+        logits = self.model(x)
+        return (logits, *(self._seen[p] for p in self.points))
+
+
+def _graph_extractor(model: nn.Module, points: Sequence[str], pool: int | None) -> fx.GraphModule:
+    """fx graph of ``model`` whose output is ``(logits, *pooled candidate nodes)``."""
+    gm = trace(model)
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    for point in points:
+        if point not in nodes:
+            raise FeatureCacheError(
+                f"candidate {point!r} is not a node of the fx graph of {type(model).__name__}; "
+                f"use node names from evaluators.graph.trace (e.g. {list(nodes)[1:4]})"
+            )
+    outs = []
+    for point in points:  # pool right after the node, before any later in-place op can touch it
+        with graph.inserting_after(nodes[point]):
+            outs.append(graph.call_function(_snapshot, (nodes[point], pool)))
+    output = next(n for n in graph.nodes if n.op == "output")
+    output.args = ((output.args[0], *outs),)
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _extractor(model: nn.Module, points: Sequence[str], kind: str, pool: int | None) -> nn.Module:
+    if kind == "node":
+        return _graph_extractor(model, points, pool).eval()
+    if kind == "module":
+        return _HookExtractor(model, points, pool).eval()
+    raise FeatureCacheError(f"candidate kind={kind!r} is not 'node' or 'module'")
+
+
+def iter_batches(dataset: Dataset[Any], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` batches in dataset order; a TensorDataset is sliced without a DataLoader."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        xs, ys = dataset.tensors[0], dataset.tensors[1]
+        for start in range(0, len(xs), batch_size):
+            yield xs[start : start + batch_size], ys[start : start + batch_size]
+        return
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        yield torch.as_tensor(x), torch.as_tensor(y)
+
+
+def _probe(extractor: nn.Module, dataset: Dataset[Any], device: torch.device) -> list[tuple[int, ...]]:
+    """Output shapes (no batch) of ``(logits, *raw activations)`` on one sample."""
+    x, _ = next(iter_batches(dataset, 1))
+    with torch.inference_mode():
+        outs = extractor(x.float().to(device))
+    if not isinstance(outs[0], Tensor) or outs[0].dim() != 2:
+        raise FeatureCacheError("the backbone must return one (B, num_classes) logits tensor")
+    return [tuple(o.shape[1:]) for o in outs]
+
+
+def _check_budget(sizes: Mapping[str, int], shapes: Mapping[str, tuple[int, ...]], num_classes: int,
+                  *, pool: int, budget_gib: float) -> None:
+    """Raise if the store would exceed ``budget_gib`` (fp16 train, float32 otherwise)."""
+    per_sample = sum(math.prod(s) for s in shapes.values())
+    total = sum(n * (per_sample * (2 if split == "train" else 4) + 4 * num_classes + 8)
+                for split, n in sizes.items())
+    if total > budget_gib * 2**30:
+        raise FeatureCacheError(
+            f"feature cache needs {total / 2**30:.2f} GiB > features.budget_gib={budget_gib} "
+            f"({len(shapes)} candidates, features.pool={pool}, samples {dict(sizes)}); "
+            "lower model.candidates.max_candidates, features.pool or data.splits.train, "
+            "or raise features.budget_gib"
+        )
+
+
+def _entry_key(*, weights_hash: str, data_fingerprint: str, split: str, n: int,
+               point: str, kind: str, pool: int) -> str:
+    return hash_json({"v": FORMAT_VERSION, "weights": weights_hash, "data": data_fingerprint,
+                      "split": split, "n": n, "point": point, "kind": kind,
+                      "pool": None if point == OUTPUT else pool})
+
+
+def _write_split(extractor: nn.Module, dataset: Dataset[Any], *, split: str, todo: Mapping[str, Path],
+                 points: Sequence[str], shapes: Mapping[str, tuple[int, ...]], num_classes: int,
+                 meta: Mapping[str, Any], batch_size: int, device: torch.device, progress: bool) -> None:
+    """One pass over ``dataset`` writing the missing entries ``todo`` (candidate -> folder)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    dtype = np.float16 if split == "train" else np.float32
+    cuda = device.type == "cuda"
+    arrays = {p: open_array(d, "features.npy", (n, *shapes[p]), dtype) for p, d in todo.items() if p != OUTPUT}
+    out_dir = todo.get(OUTPUT)
+    if out_dir is not None:
+        labels = open_array(out_dir, "labels.npy", (n,), np.int64)
+        logits = open_array(out_dir, "logits.npy", (n, num_classes), np.float32)
+    # no msync: the page cache survives a killed process, and the manifest's
+    # checksums catch what a power loss would leave behind
+    pos = 0
+    bar = tqdm(total=n, desc=f"features {split}", unit="sample", disable=not progress, leave=False)
+    with torch.inference_mode(), bar:
+        for x, y in iter_batches(dataset, batch_size):
+            x = x.float().to(device, non_blocking=True)
+            if cuda and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda and split == "train"):
+                outs = extractor(x)
+            end = pos + x.shape[0]
+            for point, feat in zip(points, outs[1:], strict=True):
+                if point in arrays:
+                    if dtype == np.float16:  # our own tensor (see _snapshot): clamp in place
+                        feat = feat.float().clamp_(-_FP16_MAX, _FP16_MAX).half()
+                    arrays[point][pos:end] = feat.float().cpu().numpy() if dtype == np.float32 else feat.cpu().numpy()
+            if out_dir is not None:
+                labels[pos:end] = y.cpu().numpy()
+                logits[pos:end] = outs[0].float().cpu().numpy()
+            pos = end
+            bar.update(x.shape[0])
+    for point, folder in todo.items():
+        files = ("labels.npy", "logits.npy") if point == OUTPUT else ("features.npy",)
+        commit_entry(folder, files, {**meta, "split": split, "point": point, "n": n,
+                                     "shape": list(shapes.get(point, ())), "dtype": np.dtype(dtype).name})
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise FeatureCacheError(f"device={device!r} is not cpu, cuda or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FeatureCacheError(f"device={device!r} but no CUDA GPU is available; use device=cpu or auto")
+    return resolved
+
+
+def extract_features(
+    model: nn.Module,
+    datasets: Mapping[str, Dataset[Any]],
+    *,
+    points: Sequence[str],
+    kind: str = "node",
+    pool: int,
+    cache_dir: Path,
+    weights_hash: str,
+    data_fingerprint: str,
+    batch_size: int = 256,
+    budget_gib: float = 4.0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> FeatureStore:
+    """Pooled features at every candidate for every split, from one backbone pass per split.
+
+    Complete cache entries are reused; a split whose entries are all complete
+    is not run at all. ``model`` is not modified (a copy is moved to ``device``).
+    """
+    if pool < 1:
+        raise FeatureCacheError(f"features.pool={pool} must be >= 1")
+    if not points:
+        raise FeatureCacheError("no exit candidates given; check model.candidates")
+    root = Path(cache_dir) / "features"
+    ensure_writable(root)
+    dev = _resolve_device(device)
+    net = copy.deepcopy(model).float().to(dev).eval()
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    first = next(iter(datasets.values()))
+    prober = _extractor(net, points, kind, None)
+    raw = _probe(prober, first, dev)
+    if isinstance(prober, _HookExtractor):
+        prober.remove()
+    num_classes = raw[0][0]
+    raw_shapes = dict(zip(points, raw[1:], strict=True))
+    shapes = {p: pooled_shape(s, pool) for p, s in raw_shapes.items()}
+    sizes = {split: len(ds) for split, ds in datasets.items()}  # type: ignore[arg-type]
+    _check_budget(sizes, shapes, num_classes, pool=pool, budget_gib=budget_gib)
+    meta = {"version": FORMAT_VERSION, "weights": weights_hash, "data": data_fingerprint, "kind": kind, "pool": pool}
+    keys = {(split, p): _entry_key(weights_hash=weights_hash, data_fingerprint=data_fingerprint, split=split,
+                                   n=sizes[split], point=p, kind=kind, pool=pool)
+            for split in datasets for p in (*points, OUTPUT)}
+    extractor = _extractor(net, points, kind, pool)
+    for split, dataset in datasets.items():
+        todo = {p: root / keys[(split, p)] for p in (*points, OUTPUT)
+                if read_entry(root / keys[(split, p)]) is None}
+        for folder in todo.values():
+            reset_entry(folder)
+        if todo:
+            _write_split(extractor, dataset, split=split, todo=todo, points=points, shapes=shapes,
+                         num_classes=num_classes, meta=meta, batch_size=batch_size, device=dev,
+                         progress=progress)
+    arrays: dict[tuple[str, str], NDArray[Any]] = {}
+    for (split, point), key in keys.items():
+        folder = root / key
+        if point == OUTPUT:
+            arrays[(split, "labels")] = np.load(folder / "labels.npy", mmap_mode="r")
+            arrays[(split, "logits")] = np.load(folder / "logits.npy", mmap_mode="r")
+        else:
+            arrays[(split, point)] = np.load(folder / "features.npy", mmap_mode="r")
+    return FeatureStore(root=root, points=tuple(points), kind=kind, pool=pool, raw_shapes=raw_shapes,
+                        shapes=shapes, keys=keys, arrays=arrays)

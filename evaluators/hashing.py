@@ -1,0 +1,47 @@
+"""Content hashes that key every cache entry (features, heads, prediction tables).
+
+A key is the SHA-256 of what the entry depends on, so a changed weight, data
+split, candidate or pooling size gives a new entry instead of a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["hash_file", "hash_json", "hash_state_dict"]
+
+_CHUNK = 16 * 1024 * 1024
+
+
+def hash_json(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hash_state_dict(model: nn.Module) -> str:
+    """SHA-256 (hex) of a module's state dict: every name, dtype, shape and byte.
+
+    Buffers (e.g. BatchNorm running statistics) count, since they change outputs.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(memoryview(t.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
