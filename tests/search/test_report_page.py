@@ -194,3 +194,21 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "share no cost objective" in capsys.readouterr().err
     with pytest.raises(ReportError):
         write_report(tmp_path / "notarun")
+
+
+def test_single_device_platform_without_links(tmp_path: Path) -> None:
+    exits = {"exits": [{"candidate": 0, "head": 0, "threshold": 0.9}], "boundaries": []}
+    rows = [
+        {"obj_error": 0.1, "obj_macs": 100.0, "feasible": True, "config": json.dumps(exits),
+         "exit_fractions": "[0.4, 0.6]", "exit_accuracy": "[0.9, null]"},
+        {"obj_error": 0.05, "obj_macs": 300.0, "feasible": True,
+         "config": json.dumps({"exits": [], "boundaries": [], "metric": "entropy"})},
+    ]  # fmt: skip
+    run_dir = fake.write_custom_run(tmp_path / "solo", rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["platform"] = {"name": "solo", "devices": [{"name": "cpu"}], "links": []}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    run = load_run(run_dir)
+    mapping = device_mapping(run, run.trials.iloc[0])
+    assert mapping.links == () and {s.device for s in mapping.segments} == {0}
+    assert _state(write_report(run_dir).read_text())["nFixedMap"] == 1
