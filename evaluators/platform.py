@@ -94,12 +94,16 @@ def _figures(
             raise PlatformError(f"{where} is missing {key!r}; add it to the platform config")
         raw = entry[key]
         try:
-            value = kind(float(raw)) if kind is int else float(raw)
+            value: float = float(raw)
         except (TypeError, ValueError):
             raise PlatformError(f"{where}.{key}={raw!r} is not a number") from None
+        if math.isnan(value):
+            raise PlatformError(f"{where}.{key}={raw!r} is not a number")
         if not math.isfinite(value) or value < 0 or (key in _STRICTLY_POSITIVE and value == 0):
             bound = "> 0" if key in _STRICTLY_POSITIVE else ">= 0"
             raise PlatformError(f"{where}.{key}={raw!r} must be a finite number {bound}")
+        if kind is int:
+            value = int(value)
         values[key] = value
     return values
 

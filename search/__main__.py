@@ -1,0 +1,26 @@
+"""``python -m search``: the Hydra entry point; all the work is in :func:`search.run.run`."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from search.errors import one_line_errors
+
+
+@hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Compose the experiment with Hydra and run it in Hydra's output folder."""
+    from pathlib import Path
+
+    from search.run import run
+
+    with one_line_errors():
+        run(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""One experiment, end to end: prepare, search, write the run folder, summarise.
+
+``run(cfg, run_dir=...)`` is the pure function behind ``python -m search``;
+tests call it directly with a composed (and shrunk) config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from evaluators.costs import path_costs
+from evaluators.eenn import EENNConfig
+from evaluators.proxy import ProxyEvaluator
+from search.loop import SearchResult, run_search
+from search.pipeline import Prepared, plain, prepare
+from search.report import write_report
+from spaces.space import build_space
+
+__all__ = ["RunOutcome", "backbone_reference", "run"]
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_TXT = "summary.txt"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunOutcome:
+    """What a run produced, for callers and tests."""
+
+    run_dir: Path
+    prepared: Prepared
+    result: SearchResult
+    summary: dict[str, Any]
+
+
+def backbone_reference(prepared: Prepared) -> dict[str, float]:
+    """The backbone alone: accuracy, MACs, and energy/latency all on the first or all on the last device."""
+    n_links = len(prepared.platform.links)
+    n_cand = prepared.costs.n_candidates
+    first = path_costs(EENNConfig(exits=(), boundaries=(n_cand + 1,) * n_links),
+                       prepared.costs, prepared.platform)
+    last = path_costs(EENNConfig(exits=(), boundaries=(0,) * n_links), prepared.costs, prepared.platform)
+    table = prepared.predictions
+    return {
+        "accuracy_val": float(table.val.final_correct.mean()),
+        "accuracy_test": float(table.test.final_correct.mean()),
+        "macs": float(first.macs[-1]),
+        "energy_j_first": float(first.energy_j[-1]),
+        "latency_s_first": float(first.latency_s[-1]),
+        "energy_j_last": float(last.energy_j[-1]),
+        "latency_s_last": float(last.latency_s[-1]),
+    }
+
+
+def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's ``summary.json`` (schema in results/README.md)."""
+    platform = prepared.platform
+    return {
+        "experiment": str(cfg.get("name", "default")),
+        "objectives": list(result.objectives),
+        "constraints": list(result.constraint_names),
+        "strategy": result.strategy,
+        "backbone": backbone_reference(prepared),
+        "input_shape": list(prepared.profile.input_shape),
+        "input_elems": int(prepared.costs.input_elems),
+        "candidates": [
+            {"name": c.name, "index": c.index, "shape": list(c.shape), "bytes_fp32": c.bytes_fp32,
+             "bytes_int8": c.bytes_int8, "cumulative_macs": c.cumulative_macs,
+             "segment_macs": c.segment_macs, "segment_param_bytes": c.segment_param_bytes}
+            for c in prepared.profile.candidates
+        ],
+        "tail_macs": prepared.profile.tail_macs,
+        "heads": list(prepared.family.names),
+        "head_macs": prepared.costs.head_macs.tolist(),
+        "platform": {
+            "name": platform.name,
+            "devices": [vars(d) for d in platform.devices],
+            "links": [vars(link) for link in platform.links],
+        },
+        "chosen_trial": result.chosen_trial,
+        "message": result.message,
+        "hypervolume": result.hypervolume,
+        "hypervolume_reference": result.hypervolume_reference,
+        "backbone_checkpoint": str(prepared.backbone.checkpoint),
+        "backbone_trained_now": prepared.backbone.trained_now,
+        "weights_hash": prepared.backbone.weights_hash,
+        "n_trials": len(result.records),
+    }
+
+
+def _reduction(new: float, old: float) -> str:
+    return f"{100.0 * (1.0 - new / old):+.1f}%" if old > 0 else "n/a"
+
+
+def _mapping_text(config: Mapping[str, Any], prepared: Prepared) -> str:
+    cfg = EENNConfig(exits=(), boundaries=tuple(config["boundaries"]), metric=config["metric"])
+    n_seg = prepared.costs.n_candidates + 1
+    parts = []
+    for d, device in enumerate(prepared.platform.devices):
+        segs = [s for s in range(n_seg) if cfg.device_of_segment(s) == d]
+        parts.append(f"{device.name}: " + (f"segments {segs[0]}-{segs[-1]}" if segs else "relay"))
+    return "; ".join(parts)
+
+
+def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: Prepared) -> Table:
+    """The closing terminal table: chosen point against the backbone alone."""
+    ref = summary["backbone"]
+    table = Table(title=f"chosen point (trial {chosen.get('trial')}, {chosen.get('strategy')})")
+    table.add_column("figure")
+    table.add_column("backbone", justify="right")
+    table.add_column("EENN", justify="right")
+    table.add_column("change", justify="right")
+    val, test = chosen["val"], chosen.get("test") or {}
+    table.add_row("accuracy (val)", f"{ref['accuracy_val']:.4f}", f"{val['accuracy']:.4f}",
+                  f"{100 * (val['accuracy'] - ref['accuracy_val']):+.2f} pt")
+    if test:
+        table.add_row("accuracy (test)", f"{ref['accuracy_test']:.4f}", f"{test['accuracy']:.4f}",
+                      f"{100 * (test['accuracy'] - ref['accuracy_test']):+.2f} pt")
+    table.add_row("MACs / inference", f"{ref['macs']:.4g}", f"{val['macs']:.4g}",
+                  _reduction(val["macs"], ref["macs"]))
+    for where in ("first", "last"):
+        name = prepared.platform.devices[0 if where == "first" else -1].name
+        table.add_row(f"energy J (backbone on {name})", f"{ref[f'energy_j_{where}']:.4g}",
+                      f"{val['energy_j']:.4g}", _reduction(val["energy_j"], ref[f"energy_j_{where}"]))
+        table.add_row(f"latency s (backbone on {name})", f"{ref[f'latency_s_{where}']:.4g}",
+                      f"{val['latency_s']:.4g}", _reduction(val["latency_s"], ref[f"latency_s_{where}"]))
+    config = chosen["config"]
+    names = [c["name"] for c in summary["candidates"]]
+    exits = ", ".join(f"{names[e['candidate']]}[{summary['heads'][e['head']]}] >= {e['threshold']:.3f}"
+                      for e in config["exits"]) or "none"
+    shares = ", ".join(f"{100 * f:.1f}%" for f in val["exit_fractions"])
+    table.add_row("exits (metric " + config["metric"] + ")", "", exits, "")
+    table.add_row("exit distribution (val)", "", shares, "")
+    table.add_row("device mapping", "", _mapping_text(config, prepared), "")
+    return table
+
+
+def run(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, console: Console | None = None,
+        progress: bool = True) -> RunOutcome:
+    """Run the experiment ``cfg`` and write its run folder ``run_dir``."""
+    console = console or Console()
+    cfg = plain(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    prepared = prepare(cfg, progress=progress)
+    table = prepared.predictions
+    space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
+    grid = space.threshold_grid
+    evaluator = ProxyEvaluator(split=table.val, costs=prepared.costs, platform=prepared.platform,
+                               threshold_grid=grid)
+    test_evaluator = ProxyEvaluator(split=table.test, costs=prepared.costs,
+                                    platform=prepared.platform, threshold_grid=grid)
+    result = run_search(evaluator=evaluator, space=space, cfg_search=cfg["search"],
+                        objectives=list(cfg["objectives"]), constraints=cfg["constraints"],
+                        seed=int(cfg["seed"]), run_dir=run_dir, test_evaluator=test_evaluator,
+                        progress=progress)
+    summary = _summary(prepared, result, cfg)
+    (run_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=float))
+    write_report(run_dir)
+    chosen = result.chosen
+    if result.message:
+        console.print(f"[bold red]{result.message}[/]")
+    if chosen.get("config"):
+        final = _final_table(summary, chosen, prepared)
+        console.print(final)
+        with (run_dir / SUMMARY_TXT).open("w") as fh:
+            Console(file=fh, width=120).print(final)
+            if result.message:
+                fh.write(result.message + "\n")
+    console.print(f"run folder: {run_dir}  (report: {run_dir / 'report.html'})")
+    return RunOutcome(run_dir=run_dir, prepared=prepared, result=result, summary=summary)
