@@ -94,7 +94,9 @@ def pooled_shape(shape: Sequence[int], pool: int) -> tuple[int, ...]:
         return (shape[0], min(shape[1], pool * pool))
     if len(shape) == 1:
         return (shape[0],)
-    raise FeatureCacheError(f"cannot pool an activation of shape {tuple(shape)}; choose other candidates")
+    raise FeatureCacheError(
+        f"cannot pool an activation of shape {tuple(shape)}; choose other candidates"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +180,9 @@ class _HookExtractor(nn.Module):
     def _hook(self, point: str) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if not isinstance(output, Tensor):
-                raise FeatureCacheError(f"candidate module {point!r} returns {type(output).__name__}, not a tensor")
+                raise FeatureCacheError(
+                    f"candidate module {point!r} returns {type(output).__name__}, not a tensor"
+                )
             self._seen[point] = _snapshot(output, self.pool)
 
         return hook
@@ -230,7 +234,9 @@ def iter_batches(dataset: Dataset[Any], batch_size: int) -> Iterator[tuple[Tenso
         yield torch.as_tensor(x), torch.as_tensor(y)
 
 
-def _probe(extractor: nn.Module, dataset: Dataset[Any], device: torch.device) -> list[tuple[int, ...]]:
+def _probe(
+    extractor: nn.Module, dataset: Dataset[Any], device: torch.device
+) -> list[tuple[int, ...]]:
     """Output shapes (no batch) of ``(logits, *raw activations)`` on one sample."""
     x, _ = next(iter_batches(dataset, 1))
     with torch.inference_mode():
@@ -240,12 +246,20 @@ def _probe(extractor: nn.Module, dataset: Dataset[Any], device: torch.device) ->
     return [tuple(o.shape[1:]) for o in outs]
 
 
-def _check_budget(sizes: Mapping[str, int], shapes: Mapping[str, tuple[int, ...]], num_classes: int,
-                  *, pool: int, budget_gib: float) -> None:
+def _check_budget(
+    sizes: Mapping[str, int],
+    shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    *,
+    pool: int,
+    budget_gib: float,
+) -> None:
     """Raise if the store would exceed ``budget_gib`` (fp16 train, float32 otherwise)."""
     per_sample = sum(math.prod(s) for s in shapes.values())
-    total = sum(n * (per_sample * (2 if split == "train" else 4) + 4 * num_classes + 8)
-                for split, n in sizes.items())
+    total = sum(
+        n * (per_sample * (2 if split == "train" else 4) + 4 * num_classes + 8)
+        for split, n in sizes.items()
+    )
     if total > budget_gib * 2**30:
         raise FeatureCacheError(
             f"feature cache needs {total / 2**30:.2f} GiB > features.budget_gib={budget_gib} "
@@ -255,21 +269,53 @@ def _check_budget(sizes: Mapping[str, int], shapes: Mapping[str, tuple[int, ...]
         )
 
 
-def _entry_key(*, weights_hash: str, data_fingerprint: str, split: str, n: int,
-               point: str, kind: str, pool: int) -> str:
-    return hash_json({"v": FORMAT_VERSION, "weights": weights_hash, "data": data_fingerprint,
-                      "split": split, "n": n, "point": point, "kind": kind,
-                      "pool": None if point == OUTPUT else pool})
+def _entry_key(
+    *,
+    weights_hash: str,
+    data_fingerprint: str,
+    split: str,
+    n: int,
+    point: str,
+    kind: str,
+    pool: int,
+) -> str:
+    return hash_json(
+        {
+            "v": FORMAT_VERSION,
+            "weights": weights_hash,
+            "data": data_fingerprint,
+            "split": split,
+            "n": n,
+            "point": point,
+            "kind": kind,
+            "pool": None if point == OUTPUT else pool,
+        }
+    )
 
 
-def _write_split(extractor: nn.Module, dataset: Dataset[Any], *, split: str, todo: Mapping[str, Path],
-                 points: Sequence[str], shapes: Mapping[str, tuple[int, ...]], num_classes: int,
-                 meta: Mapping[str, Any], batch_size: int, device: torch.device, progress: bool) -> None:
+def _write_split(
+    extractor: nn.Module,
+    dataset: Dataset[Any],
+    *,
+    split: str,
+    todo: Mapping[str, Path],
+    points: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    meta: Mapping[str, Any],
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """One pass over ``dataset`` writing the missing entries ``todo`` (candidate -> folder)."""
     n = len(dataset)  # type: ignore[arg-type]
     dtype = np.float16 if split == "train" else np.float32
     cuda = device.type == "cuda"
-    arrays = {p: open_array(d, "features.npy", (n, *shapes[p]), dtype) for p, d in todo.items() if p != OUTPUT}
+    arrays = {
+        p: open_array(d, "features.npy", (n, *shapes[p]), dtype)
+        for p, d in todo.items()
+        if p != OUTPUT
+    }
     out_dir = todo.get(OUTPUT)
     if out_dir is not None:
         labels = open_array(out_dir, "labels.npy", (n,), np.int64)
@@ -290,7 +336,9 @@ def _write_split(extractor: nn.Module, dataset: Dataset[Any], *, split: str, tod
                 if point in arrays:
                     if dtype == np.float16:  # our own tensor (see _snapshot): clamp in place
                         feat = feat.float().clamp_(-_FP16_MAX, _FP16_MAX).half()
-                    arrays[point][pos:end] = feat.float().cpu().numpy() if dtype == np.float32 else feat.cpu().numpy()
+                    arrays[point][pos:end] = (
+                        feat.float().cpu().numpy() if dtype == np.float32 else feat.cpu().numpy()
+                    )
             if out_dir is not None:
                 labels[pos:end] = y.cpu().numpy()
                 logits[pos:end] = outs[0].float().cpu().numpy()
@@ -298,8 +346,18 @@ def _write_split(extractor: nn.Module, dataset: Dataset[Any], *, split: str, tod
             bar.update(x.shape[0])
     for point, folder in todo.items():
         files = ("labels.npy", "logits.npy") if point == OUTPUT else ("features.npy",)
-        commit_entry(folder, files, {**meta, "split": split, "point": point, "n": n,
-                                     "shape": list(shapes.get(point, ())), "dtype": np.dtype(dtype).name})
+        commit_entry(
+            folder,
+            files,
+            {
+                **meta,
+                "split": split,
+                "point": point,
+                "n": n,
+                "shape": list(shapes.get(point, ())),
+                "dtype": np.dtype(dtype).name,
+            },
+        )
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -310,7 +368,9 @@ def _resolve_device(device: str) -> torch.device:
     except RuntimeError:
         raise FeatureCacheError(f"device={device!r} is not cpu, cuda or auto") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FeatureCacheError(f"device={device!r} but no CUDA GPU is available; use device=cpu or auto")
+        raise FeatureCacheError(
+            f"device={device!r} but no CUDA GPU is available; use device=cpu or auto"
+        )
     return resolved
 
 
@@ -343,7 +403,7 @@ def extract_features(
     dev = _resolve_device(device)
     net = copy.deepcopy(model).float().to(dev).eval()
     if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = net.to(memory_format=torch.channels_last)
     first = next(iter(datasets.values()))
     prober = _extractor(net, points, kind, None)
     raw = _probe(prober, first, dev)
@@ -354,20 +414,49 @@ def extract_features(
     shapes = {p: pooled_shape(s, pool) for p, s in raw_shapes.items()}
     sizes = {split: len(ds) for split, ds in datasets.items()}  # type: ignore[arg-type]
     _check_budget(sizes, shapes, num_classes, pool=pool, budget_gib=budget_gib)
-    meta = {"version": FORMAT_VERSION, "weights": weights_hash, "data": data_fingerprint, "kind": kind, "pool": pool}
-    keys = {(split, p): _entry_key(weights_hash=weights_hash, data_fingerprint=data_fingerprint, split=split,
-                                   n=sizes[split], point=p, kind=kind, pool=pool)
-            for split in datasets for p in (*points, OUTPUT)}
+    meta = {
+        "version": FORMAT_VERSION,
+        "weights": weights_hash,
+        "data": data_fingerprint,
+        "kind": kind,
+        "pool": pool,
+    }
+    keys = {
+        (split, p): _entry_key(
+            weights_hash=weights_hash,
+            data_fingerprint=data_fingerprint,
+            split=split,
+            n=sizes[split],
+            point=p,
+            kind=kind,
+            pool=pool,
+        )
+        for split in datasets
+        for p in (*points, OUTPUT)
+    }
     extractor = _extractor(net, points, kind, pool)
     for split, dataset in datasets.items():
-        todo = {p: root / keys[(split, p)] for p in (*points, OUTPUT)
-                if read_entry(root / keys[(split, p)]) is None}
+        todo = {
+            p: root / keys[(split, p)]
+            for p in (*points, OUTPUT)
+            if read_entry(root / keys[(split, p)]) is None
+        }
         for folder in todo.values():
             reset_entry(folder)
         if todo:
-            _write_split(extractor, dataset, split=split, todo=todo, points=points, shapes=shapes,
-                         num_classes=num_classes, meta=meta, batch_size=batch_size, device=dev,
-                         progress=progress)
+            _write_split(
+                extractor,
+                dataset,
+                split=split,
+                todo=todo,
+                points=points,
+                shapes=shapes,
+                num_classes=num_classes,
+                meta=meta,
+                batch_size=batch_size,
+                device=dev,
+                progress=progress,
+            )
     arrays: dict[tuple[str, str], NDArray[Any]] = {}
     for (split, point), key in keys.items():
         folder = root / key
@@ -376,5 +465,13 @@ def extract_features(
             arrays[(split, "logits")] = np.load(folder / "logits.npy", mmap_mode="r")
         else:
             arrays[(split, point)] = np.load(folder / "features.npy", mmap_mode="r")
-    return FeatureStore(root=root, points=tuple(points), kind=kind, pool=pool, raw_shapes=raw_shapes,
-                        shapes=shapes, keys=keys, arrays=arrays)
+    return FeatureStore(
+        root=root,
+        points=tuple(points),
+        kind=kind,
+        pool=pool,
+        raw_shapes=raw_shapes,
+        shapes=shapes,
+        keys=keys,
+        arrays=arrays,
+    )
