@@ -22,7 +22,14 @@ from numpy.typing import DTypeLike, NDArray
 
 from evaluators.hashing import hash_file
 
-__all__ = ["CacheError", "commit_entry", "ensure_writable", "open_array", "read_entry", "reset_entry"]
+__all__ = [
+    "CacheError",
+    "commit_entry",
+    "ensure_writable",
+    "open_array",
+    "read_entry",
+    "reset_entry",
+]
 
 MANIFEST = "manifest.json"
 _log = logging.getLogger(__name__)
@@ -64,7 +71,9 @@ def read_entry(path: Path, *, verify: bool = True) -> dict[str, Any] | None:
         for name, info in meta["files"].items():
             file = path / name
             if file.stat().st_size != info["bytes"]:
-                raise ValueError(f"{name} has {file.stat().st_size} bytes, manifest says {info['bytes']}")
+                raise ValueError(
+                    f"{name} has {file.stat().st_size} bytes, manifest says {info['bytes']}"
+                )
             if verify and hash_file(file) != info["sha256"]:
                 raise ValueError(f"{name} does not match its checksum")
     except (OSError, KeyError, TypeError, ValueError) as err:

@@ -74,6 +74,7 @@ class HeadTraining:
     patience: int = 3
     holdout_fraction: float = 0.1
     weight_decay: float = 1e-4
+    amp: bool = True  # bf16 autocast in training where the CPU/GPU has native bf16; heads stay fp32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +135,7 @@ def head_family_from_config(cfg: Mapping[str, Any]) -> HeadFamily:
         patience=_checked(cfg, "patience", int, d.patience, 1, 10_000),
         holdout_fraction=_checked(cfg, "holdout_fraction", float, d.holdout_fraction, 0.01, 0.5),
         weight_decay=_checked(cfg, "weight_decay", float, d.weight_decay, 0.0, 1.0),
+        amp=bool(cfg.get("amp", d.amp)),
     )
     return HeadFamily(members=tuple(members), training=training)
 
@@ -216,16 +218,17 @@ class _ConvHead(ExitHead):
         self, spec: HeadSpec, *, feature_shape: Sequence[int], pool: int, num_classes: int
     ) -> None:
         super().__init__(spec, feature_shape=feature_shape, pool=pool)
-        self.conv = nn.Conv1d(self.channels, spec.width, kernel_size=1)
+        # a 1x1 convolution is the same linear map at every position; nn.Linear on
+        # (B, S, C) computes it 2-3x faster than Conv1d on CPU, forward and backward
+        self.conv = nn.Linear(self.channels, spec.width)
         self.fc = nn.Linear(spec.width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.fc(F.relu(self.conv(self.pooled(x))).mean(dim=2))
+        out: Tensor = self.fc(F.relu(self.conv(self.pooled(x).transpose(1, 2))).mean(dim=1))
         return out
 
     def absorb_normalization(self, mean: Tensor, std: Tensor) -> None:
-        assert self.conv.bias is not None
-        _fold(self.conv.weight[:, :, 0], self.conv.bias, mean, std)
+        _fold(self.conv.weight, self.conv.bias, mean, std)
 
 
 _CLASSES: dict[str, type[ExitHead]] = {"linear": _LinearHead, "mlp": _MLPHead, "conv": _ConvHead}
