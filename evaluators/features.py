@@ -6,8 +6,13 @@ forward hooks for ``kind="module"``). Each (split, candidate) is one cache
 entry keyed by a content hash of weights, data, candidate and pooling:
 
 * ``train`` features are fp16 memory maps (head training only needs that much);
-* every other split (``val``, ``test``) is float32 and computed without
-  autocast, so the prediction table sees the numbers a live fp32 EENN sees.
+  on a GPU that pass runs in fp16 autocast and channels-last;
+* every other split (``val``, ``test``) is float32 and computed in plain fp32
+  (no autocast, default layout), so the prediction table sees the numbers a
+  live fp32 EENN sees.
+
+The budget (``features.budget_gib``) is checked on an estimate before the
+pass, from the candidate shapes of a one-sample probe.
 
 Entries are written atomically with a checksummed manifest (see
 :mod:`evaluators._cache`), so an interrupted pass resumes with the entries
@@ -18,17 +23,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
-from torch import Tensor, fx, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from evaluators._cache import (
@@ -39,65 +43,23 @@ from evaluators._cache import (
     read_entry,
     reset_entry,
 )
-from evaluators.graph import trace
+from evaluators._extract import HookExtractor, build_extractor, iter_batches, probe
+from evaluators._pool import FeatureCacheError, pool_features, pooled_shape
 from evaluators.hashing import hash_json
 
-__all__ = ["FeatureCacheError", "FeatureStore", "extract_features", "pool_features", "pooled_shape"]
+__all__ = [
+    "CacheError",
+    "FeatureCacheError",
+    "FeatureStore",
+    "extract_features",
+    "iter_batches",
+    "pool_features",
+    "pooled_shape",
+]
 
 FORMAT_VERSION = 1
 OUTPUT = "__output__"  # pseudo-candidate of the entry holding labels and logits
 _FP16_MAX = 65504.0
-
-
-class FeatureCacheError(CacheError):
-    """The feature cache cannot be built as configured; the message names the knob."""
-
-
-def pool_features(x: Tensor, pool: int) -> Tensor:
-    """Adaptive average pooling of an activation to at most ``pool`` x ``pool`` positions.
-
-    ``(B,C,H,W)`` -> ``(B,C,min(H,pool),min(W,pool))``. ``(B,C,L)`` is read as a
-    channels-first sequence (1D CNN) -> ``(B,C,min(L,pool*pool))``, as many
-    positions as a pooled map; transformer tokens ``(B,T,D)`` are hence pooled
-    over ``D``, so expose them as ``(B,D,T)`` to pool over tokens. ``(B,D)``
-    stays as it is. An input that is already small enough is returned
-    unchanged, so pooling a pooled feature is exactly the identity. Maps of
-    16 or more channels are pooled in channels-last layout (much faster on
-    CPU); the result is contiguous. The runtime applies this same function:
-    heads start with it.
-    """
-    if x.dim() == 4:
-        size = (min(x.shape[2], pool), min(x.shape[3], pool))
-        if size == tuple(x.shape[2:]):
-            return x
-        if x.shape[1] >= 16:  # the channels-last kernel is 2-10x faster from 16 channels on (CPU)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return F.adaptive_avg_pool2d(x, size).contiguous()
-    if x.dim() == 3:
-        length = min(x.shape[2], pool * pool)
-        return x if length == x.shape[2] else F.adaptive_avg_pool1d(x, length)
-    if x.dim() == 2:
-        return x
-    raise FeatureCacheError(
-        f"cannot pool an activation of shape {tuple(x.shape)}; exit candidates must be "
-        "(B,D), (B,C,L) or (B,C,H,W) tensors: choose other candidates"
-    )
-
-
-torch.fx.wrap("pool_features")  # a leaf in fx traces of heads: no shape-dependent control flow
-
-
-def pooled_shape(shape: Sequence[int], pool: int) -> tuple[int, ...]:
-    """Shape (without batch) that :func:`pool_features` gives for an activation of ``shape``."""
-    if len(shape) == 3:
-        return (shape[0], min(shape[1], pool), min(shape[2], pool))
-    if len(shape) == 2:
-        return (shape[0], min(shape[1], pool * pool))
-    if len(shape) == 1:
-        return (shape[0],)
-    raise FeatureCacheError(
-        f"cannot pool an activation of shape {tuple(shape)}; choose other candidates"
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,108 +105,6 @@ class FeatureStore:
     @property
     def num_classes(self) -> int:
         return int(self.logits(self.splits[0]).shape[1])
-
-
-def _snapshot(x: Tensor, pool: int | None) -> Tensor:
-    """The pooled activation as a tensor of its own, safe from later in-place ops."""
-    if pool is None:
-        return x.detach().clone()
-    pooled = pool_features(x, pool)
-    return pooled.clone() if pooled is x else pooled
-
-
-class _HookExtractor(nn.Module):
-    """Returns ``(logits, *features)`` captured by forward hooks on named submodules."""
-
-    def __init__(self, model: nn.Module, points: Sequence[str], pool: int | None) -> None:
-        super().__init__()
-        self.model = model
-        self.points = tuple(points)
-        self.pool = pool
-        self._seen: dict[str, Tensor] = {}
-        self._handles: list[Any] = []
-        for point in self.points:
-            try:
-                module = model.get_submodule(point)
-            except AttributeError:
-                raise FeatureCacheError(
-                    f"candidate module {point!r} is not a submodule of {type(model).__name__}; "
-                    "fix model.candidates.modules (dotted paths from named_modules())"
-                ) from None
-            self._handles.append(module.register_forward_hook(self._hook(point)))
-
-    def remove(self) -> None:
-        """Detach the hooks from the model."""
-        for handle in self._handles:
-            handle.remove()
-
-    def _hook(self, point: str) -> Any:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            if not isinstance(output, Tensor):
-                raise FeatureCacheError(
-                    f"candidate module {point!r} returns {type(output).__name__}, not a tensor"
-                )
-            self._seen[point] = _snapshot(output, self.pool)
-
-        return hook
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        self._seen.clear()
-        logits = self.model(x)
-        return (logits, *(self._seen[p] for p in self.points))
-
-
-def _graph_extractor(model: nn.Module, points: Sequence[str], pool: int | None) -> fx.GraphModule:
-    """fx graph of ``model`` whose output is ``(logits, *pooled candidate nodes)``."""
-    gm = trace(model)
-    graph = gm.graph
-    nodes = {n.name: n for n in graph.nodes}
-    for point in points:
-        if point not in nodes:
-            raise FeatureCacheError(
-                f"candidate {point!r} is not a node of the fx graph of {type(model).__name__}; "
-                f"use node names from evaluators.graph.trace (e.g. {list(nodes)[1:4]})"
-            )
-    outs = []
-    for point in points:  # pool right after the node, before any later in-place op can touch it
-        with graph.inserting_after(nodes[point]):
-            outs.append(graph.call_function(_snapshot, (nodes[point], pool)))
-    output = next(n for n in graph.nodes if n.op == "output")
-    output.args = ((output.args[0], *outs),)
-    graph.lint()
-    gm.recompile()
-    return gm
-
-
-def _extractor(model: nn.Module, points: Sequence[str], kind: str, pool: int | None) -> nn.Module:
-    if kind == "node":
-        return _graph_extractor(model, points, pool).eval()
-    if kind == "module":
-        return _HookExtractor(model, points, pool).eval()
-    raise FeatureCacheError(f"candidate kind={kind!r} is not 'node' or 'module'")
-
-
-def iter_batches(dataset: Dataset[Any], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` batches in dataset order; a TensorDataset is sliced without a DataLoader."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        xs, ys = dataset.tensors[0], dataset.tensors[1]
-        for start in range(0, len(xs), batch_size):
-            yield xs[start : start + batch_size], ys[start : start + batch_size]
-        return
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-        yield torch.as_tensor(x), torch.as_tensor(y)
-
-
-def _probe(
-    extractor: nn.Module, dataset: Dataset[Any], device: torch.device
-) -> list[tuple[int, ...]]:
-    """Output shapes (no batch) of ``(logits, *raw activations)`` on one sample."""
-    x, _ = next(iter_batches(dataset, 1))
-    with torch.inference_mode():
-        outs = extractor(x.float().to(device))
-    if not isinstance(outs[0], Tensor) or outs[0].dim() != 2:
-        raise FeatureCacheError("the backbone must return one (B, num_classes) logits tensor")
-    return [tuple(o.shape[1:]) for o in outs]
 
 
 def _check_budget(
@@ -395,8 +255,12 @@ def extract_features(
 ) -> FeatureStore:
     """Pooled features at every candidate for every split, from one backbone pass per split.
 
-    Complete cache entries are reused; a split whose entries are all complete
-    is not run at all. ``model`` is not modified (a copy is moved to ``device``).
+    ``points`` are fx node names of :func:`evaluators.graph.trace` (``kind="node"``)
+    or module paths (``kind="module"``, forward hooks). Complete cache entries
+    are reused; a split whose entries are all complete is not run at all.
+    ``model`` is not modified (a copy is moved to ``device``). Raises
+    :class:`FeatureCacheError` (one line) for a bad candidate, pool, device,
+    an exceeded budget or an unwritable ``cache_dir``.
     """
     if pool < 1:
         raise FeatureCacheError(f"features.pool={pool} must be >= 1")
@@ -407,9 +271,9 @@ def extract_features(
     dev = _resolve_device(device)
     net = copy.deepcopy(model).float().to(dev).eval()
     first = next(iter(datasets.values()))
-    prober = _extractor(net, points, kind, None)
-    raw = _probe(prober, first, dev)
-    if isinstance(prober, _HookExtractor):
+    prober = build_extractor(net, points, kind, None)
+    raw = probe(prober, first, dev)
+    if isinstance(prober, HookExtractor):
         prober.remove()
     num_classes = raw[0][0]
     raw_shapes = dict(zip(points, raw[1:], strict=True))
@@ -436,7 +300,7 @@ def extract_features(
         for split in datasets
         for p in (*points, OUTPUT)
     }
-    extractor = _extractor(net, points, kind, pool)
+    extractor = build_extractor(net, points, kind, pool)
     for split, dataset in datasets.items():
         todo = {
             p: root / keys[(split, p)]

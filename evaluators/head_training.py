@@ -137,9 +137,8 @@ def _bf16_supported(device: torch.device) -> bool:
     """Whether bf16 matrix products are native (and hence faster) on ``device``."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    mkldnn = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    return bool(mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _state(head: ExitHead) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
+from torch import fx, nn
 from torch.utils.data import TensorDataset
 
 import evaluators.head_training as head_training
@@ -47,6 +47,8 @@ def test_head_cost_matches_count_macs_and_parameters(
     raw = torch.randn(3, *shape)
     with torch.no_grad():  # the head pools first; on pooled input that step is the identity
         np.testing.assert_array_equal(head(raw).numpy(), head(pool_features(raw, 4)).numpy())
+        traced = fx.symbolic_trace(head)  # pool_features is an fx leaf: heads trace and export
+        np.testing.assert_array_equal(traced(raw).numpy(), head(raw).numpy())
 
 
 def test_head_costs_table() -> None:
