@@ -1,0 +1,256 @@
+"""``python -m search.evaluate RUN [--points all|pareto|chosen|i,j,k]``: search points, for real.
+
+Each selected trial's configuration is assembled as a real EENN
+(:func:`search.runtime.build_eenn`) on the run's backbone and heads (reloaded
+through :func:`search.pipeline.prepare` from the run's composed config and
+checked against the run's weights hash) and run with true early exit on val
+and on test. Costs are priced from the exits actually taken with
+:func:`evaluators.costs.path_costs`. On val the result must equal the proxy's
+prediction sample by sample (``exit_match``); any difference is a bug. The
+val-to-test difference (``generalisation_gap``) is the thresholds
+generalising to unseen data, not a proxy error. Results go to
+``evaluated.csv`` beside the trials and to a table on the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from numpy.typing import NDArray
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from evaluators.backbone import resolve_device
+from evaluators.costs import PathCosts, path_costs
+from evaluators.eenn import METRICS, EENNConfig
+from evaluators.predictions import SplitPredictions
+from evaluators.proxy import ProxyEvaluator
+from search.errors import one_line_errors
+from search.pipeline import Prepared, prepare
+from search.results import config_from_json
+from search.runtime import RunRecord, build_eenn, run_dataset
+
+__all__ = ["EVALUATED", "LoadedRun", "evaluate_run", "load_run", "main", "predicted_exits",
+           "select_trials"]
+
+EVALUATED = "evaluated.csv"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LoadedRun:
+    """A run folder reloaded: its config, trials, summary and the prepared pipeline."""
+
+    run_dir: Path
+    cfg: dict[str, Any]
+    trials: pd.DataFrame
+    summary: dict[str, Any]
+    chosen: dict[str, Any]
+    prepared: Prepared
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            assert isinstance(cfg, dict)
+            return {str(k): v for k, v in cfg.items()}
+    raise FileNotFoundError(f"{run_dir} has no config.yaml or .hydra/config.yaml; is it a run "
+                            "folder written by python -m search?")
+
+
+def _read_results(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    missing = [f for f in ("trials.parquet", "summary.json") if not (run_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} has no {' or '.join(missing)}: the run has no results "
+                                "yet; finish it with python -m search (same hydra.run.dir)")
+    try:
+        trials = pd.read_parquet(run_dir / "trials.parquet")
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except Exception as err:  # pyarrow and json raise several types for a damaged file
+        raise ValueError(f"{run_dir}: results are unreadable ({err}); rerun python -m search") \
+            from err
+    chosen_path = run_dir / "chosen.yaml"
+    chosen = yaml.safe_load(chosen_path.read_text()) if chosen_path.is_file() else {}
+    return trials, summary, chosen or {}
+
+
+def load_run(run_dir: Path, *, progress: bool = False) -> LoadedRun:
+    """Reload ``run_dir``; the backbone and candidates must be those the run searched."""
+    run_dir = Path(run_dir)
+    trials, summary, chosen = _read_results(run_dir)
+    cfg = _read_config(run_dir)
+    prepared = prepare(cfg, progress=progress)
+    want, have = summary.get("weights_hash"), prepared.backbone.weights_hash
+    if want and want != have:
+        raise ValueError(f"the backbone no longer matches run {run_dir}: weights hash {have[:12]} "
+                         f"!= {str(want)[:12]} in summary.json; restore the run's checkpoint/cache "
+                         "or start a new run with python -m search")
+    names = [c["name"] for c in summary.get("candidates", [])]
+    if names and names != list(prepared.costs.candidate_names):
+        raise ValueError(f"the exit candidates changed since run {run_dir} ({names} -> "
+                         f"{list(prepared.costs.candidate_names)}); start a new run")
+    return LoadedRun(run_dir=run_dir, cfg=cfg, trials=trials, summary=summary, chosen=chosen,
+                     prepared=prepared)
+
+
+def select_trials(trials: pd.DataFrame, chosen: dict[str, Any], points: str,
+                  *, strategy: str | None = None) -> list[int]:
+    """Trial ids for ``points``: all, pareto (main strategy), chosen, or ``i,j,k``."""
+    points = str(points).strip()
+    known = set(int(t) for t in trials["trial"])
+    if points == "all":
+        return sorted(known)
+    if points == "pareto":
+        rows = trials[trials["pareto"].astype(bool)]
+        if strategy is not None:
+            rows = rows[rows["strategy"] == strategy]
+        return sorted(int(t) for t in rows["trial"])
+    if points == "chosen":
+        if chosen.get("trial") is None:
+            raise ValueError("chosen.yaml names no trial (the run found no point); "
+                             "pass --points pareto or trial ids")
+        return [int(chosen["trial"])]
+    try:
+        wanted = [int(p) for p in points.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"--points {points!r} is not all, pareto, chosen or trial ids "
+                         "like 3,17,42") from None
+    bad = [t for t in wanted if t not in known]
+    if bad or not wanted:
+        raise ValueError(f"--points {points!r}: trial(s) {bad} not in trials.parquet "
+                         f"(trials {min(known)}..{max(known)})")
+    return wanted
+
+
+def predicted_exits(split: SplitPredictions, config: EENNConfig) -> NDArray[np.int64]:
+    """The proxy's rule per sample: first active exit with confidence >= float32 threshold."""
+    n = len(split.labels)
+    taken = np.full(n, len(config.exits), dtype=np.int64)
+    m = METRICS.index(config.metric)
+    for k in reversed(range(len(config.exits))):
+        e = config.exits[k]
+        taken[split.head_conf[m, e.candidate, e.head] >= np.float32(e.threshold)] = k
+    return taken
+
+
+def _figures(record: RunRecord, paths: PathCosts, n_exits: int) -> dict[str, Any]:
+    counts = np.bincount(record.exit, minlength=n_exits + 1)
+    return {
+        "accuracy": record.accuracy,
+        "macs": float(paths.macs[record.exit].mean()),
+        "energy_j": float(paths.energy_j[record.exit].mean()),
+        "latency_s": float(paths.latency_s[record.exit].mean()),
+        "exit_fractions": json.dumps((counts / max(len(record.exit), 1)).round(6).tolist()),
+    }
+
+
+def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> dict[str, Any]:
+    """Measured val/test figures of one configuration and its agreement with the proxy."""
+    prep = run.prepared
+    device = resolve_device(str(run.cfg.get("device", "cpu")))
+    eenn = build_eenn(prep.model, config, candidates=prep.profile.candidates,
+                      heads=prep.heads.heads, n_devices=prep.platform.n_devices)
+    paths = path_costs(config, prep.costs, prep.platform)
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        record = run_dataset(eenn, getattr(prep.data, split), batch_size=batch_size, device=device)
+        table: SplitPredictions = getattr(prep.predictions, split)
+        if not np.array_equal(record.labels, table.labels):
+            raise ValueError(f"{split} labels differ from the prediction table's; the data "
+                             "changed since the run, start a new run")
+        figures = _figures(record, paths, len(config.exits))
+        mismatch = int((record.exit != predicted_exits(table, config)).sum())
+        suffix = "val" if split == "val" else "test"
+        out[f"measured_accuracy_{suffix}"] = figures["accuracy"]
+        out["measured_macs" if split == "val" else "measured_macs_test"] = figures["macs"]
+        out[f"measured_energy_j{'' if split == 'val' else '_test'}"] = figures["energy_j"]
+        out[f"measured_latency_s{'' if split == 'val' else '_test'}"] = figures["latency_s"]
+        out[f"exit_fractions_{suffix}"] = figures["exit_fractions"]
+        out["exit_match" if split == "val" else "exit_match_test"] = mismatch == 0
+        out[f"exit_mismatches_{suffix}"] = mismatch
+    proxy_test = ProxyEvaluator(split=prep.predictions.test, costs=prep.costs,
+                                platform=prep.platform).evaluate([config])
+    out["predicted_accuracy_test"] = float(proxy_test.accuracy[0])
+    out["generalisation_gap"] = out["measured_accuracy_test"] - out["measured_accuracy_val"]
+    return out
+
+
+def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256,
+                 run: LoadedRun | None = None, write: bool = True) -> pd.DataFrame:
+    """Measure the selected trials of ``run_dir`` on val and test; write ``evaluated.csv``."""
+    run = run or load_run(Path(run_dir))
+    strategy = run.summary.get("strategy")
+    trial_ids = select_trials(run.trials, run.chosen, points, strategy=strategy)
+    by_trial = run.trials.set_index("trial")
+    done: dict[str, dict[str, Any]] = {}  # identical configs are measured once
+    rows = []
+    for t in trial_ids:
+        row = by_trial.loc[t]
+        text = str(row["config"])
+        if text not in done:
+            done[text] = _evaluate_config(run, config_from_json(text), batch_size=batch_size)
+        rows.append({
+            "trial": int(t), "strategy": row["strategy"], "config": text,
+            "predicted_accuracy": float(row["accuracy"]),
+            "predicted_macs": float(row["macs"]), "predicted_energy_j": float(row["energy_j"]),
+            "predicted_latency_s": float(row["latency_s"]),
+            "predicted_exit_fractions": str(row["exit_fractions"]),
+            **done[text],
+        })
+    df = pd.DataFrame(rows)
+    if write:
+        df.to_csv(run.run_dir / EVALUATED, index=False)
+    return df
+
+
+def render(df: pd.DataFrame) -> Table:
+    """The terminal table: proxy vs measured on val, and generalisation to test."""
+    table = Table(title="EENN measured on val and test (proxy = prediction on val)")
+    for col in ("trial", "acc proxy", "acc val", "acc test", "generalisation",
+                "MACs proxy", "MACs val", "MACs test", "exits match proxy"):
+        table.add_column(col, justify="right")
+    for r in df.itertuples():
+        table.add_row(str(r.trial), f"{r.predicted_accuracy:.4f}", f"{r.measured_accuracy_val:.4f}",
+                      f"{r.measured_accuracy_test:.4f}", f"{100 * r.generalisation_gap:+.2f} pt",
+                      f"{r.predicted_macs:.4g}", f"{r.measured_macs:.4g}",
+                      f"{r.measured_macs_test:.4g}",
+                      "yes" if r.exit_match else f"[red]NO ({r.exit_mismatches_val})[/]")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; errors are one line on stderr and exit status 2."""
+    parser = argparse.ArgumentParser(prog="python -m search.evaluate",
+                                     description="Run a search's points as real EENNs on val/test.")
+    parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
+    parser.add_argument("--points", default="pareto",
+                        help="all | pareto (default) | chosen | trial ids like 3,17,42")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    console = Console()
+    with one_line_errors():
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
+        df = evaluate_run(args.run, points=args.points, batch_size=args.batch_size)
+        console.print(render(df))
+        if not df["exit_match"].all():
+            console.print("[bold red]the real EENN left at other exits than the proxy "
+                          "predicted on val: a bug[/]")
+        console.print(f"written: {Path(args.run) / EVALUATED}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

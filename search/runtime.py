@@ -1,0 +1,337 @@
+"""The real EENN: backbone segments, trained heads and the exit rule as one ``nn.Module``.
+
+:func:`build_eenn` splits the backbone's torch.fx graph (:func:`evaluators.graph.trace`,
+whose node names are the candidate names) at every active exit and every device
+boundary into sub-GraphModules that share the original weights. Each
+:class:`Stage` runs one such segment on one device and, if an exit sits at its
+end, that exit's head; it returns ``(activation, logits)`` and holds no
+decision, so it can be exported as is (:mod:`search.export`).
+
+:meth:`EENN.forward` does true early exit at any batch size: after each head,
+the samples whose confidence (:func:`evaluators.tables.exit_scores`, the
+prediction table's own formula) is ``>=`` the float32 threshold leave the batch
+and only the rest run the next segment. On CPU, PyTorch's kernels give a sample
+the same bits for any batch of two or more, but a batch of one takes other
+kernels (matrix-vector paths) and may differ in the last bit, which can move a
+sample that sits exactly on a threshold (the quantile grid puts one there). So
+``forward(..., min_batch=2)`` (what :mod:`search.evaluate` uses to reproduce the
+table) runs a lone remaining sample as a batch of two copies; the default
+``min_batch=1`` is the plain deployment behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, fx, nn
+from torch.utils.data import Dataset
+
+from evaluators.eenn import METRICS, EENNConfig
+from evaluators.features import iter_batches
+from evaluators.graph import trace
+from evaluators.tables import exit_scores
+from spaces.candidates import ExitCandidate
+
+__all__ = [
+    "EENN",
+    "EENNOutput",
+    "RunRecord",
+    "RuntimeBuildError",
+    "Stage",
+    "build_eenn",
+    "run_dataset",
+    "split_graph",
+]
+
+
+class RuntimeBuildError(ValueError):
+    """The EENN cannot be assembled from this model, profile, heads and configuration."""
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class EENNOutput:
+    """Per-sample results of one forward pass, in input order.
+
+    ``exit`` is the index of the active exit taken, ``K`` (= number of active
+    exits) for the backbone's classifier; ``device`` the platform device on
+    which the sample finished; ``confidence`` its score under the config's
+    metric at the exit it took.
+    """
+
+    prediction: Tensor  # (N,) int64
+    exit: Tensor  # (N,) int64 in 0..K
+    device: Tensor  # (N,) int64
+    confidence: Tensor  # (N,) float32
+    logits: Tensor  # (N, classes) float32
+
+
+def _input_dependent(nodes: Sequence[fx.Node], source: fx.Node) -> set[fx.Node]:
+    reached = {source}
+    for n in nodes:
+        if any(a in reached for a in n.all_input_nodes):
+            reached.add(n)
+    return reached
+
+
+def _segment_graph(
+    nodes: Sequence[fx.Node], pos: Mapping[fx.Node, int], start: fx.Node, end: fx.Node,
+    depends: set[fx.Node],
+) -> fx.Graph:
+    """The nodes after ``start`` up to ``end`` as a graph with ``start`` as its one input.
+
+    Input-free nodes from earlier segments (``get_attr``, constants) are copied
+    in; an input-dependent value from before ``start`` means ``start`` is no cut.
+    """
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {start: graph.placeholder(start.name)}
+
+    def copy(n: fx.Node) -> fx.Node:
+        if n not in env:
+            if n.op == "placeholder" or (n in depends and not pos[start] < pos[n] <= pos[end]):
+                raise RuntimeBuildError(
+                    f"node {n.name!r} is used after cut point {start.name!r}; it is not a "
+                    "single-tensor cut, so choose exits/boundaries at profiled candidates"
+                )
+            for a in n.all_input_nodes:
+                copy(a)
+            env[n] = graph.node_copy(n, lambda a: env[a])
+        return env[n]
+
+    stop = pos[end] if end.op == "output" else pos[end] + 1
+    for n in nodes[pos[start] + 1 : stop]:
+        if n.op != "placeholder" or n.users:
+            copy(n)
+    if end.op == "output":
+        graph.output(fx.map_arg(end.args[0], copy))
+    else:
+        graph.output(env[end])
+    graph.lint()
+    return graph
+
+
+def split_graph(gm: fx.GraphModule, cuts: Sequence[str]) -> list[fx.GraphModule]:
+    """``len(cuts) + 1`` GraphModules, one per segment between consecutive cut nodes.
+
+    Segment ``i`` takes the output of cut ``i-1`` (the model input for ``i=0``)
+    and returns that of cut ``i`` (the model output for the last). Submodules
+    and parameters are shared with ``gm``, not copied.
+    """
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    by_name = {n.name: n for n in nodes}
+    unknown = [c for c in cuts if c not in by_name]
+    if unknown:
+        raise RuntimeBuildError(
+            f"cut point(s) {unknown} are not nodes of the traced {gm.__class__.__name__}; "
+            "the profile was made from another model"
+        )
+    cut_nodes = [by_name[c] for c in cuts]
+    if [pos[n] for n in cut_nodes] != sorted({pos[n] for n in cut_nodes}):
+        raise RuntimeBuildError(f"cut points {list(cuts)} are not distinct and in execution order")
+    source = next(n for n in nodes if n.op == "placeholder")
+    output = next(n for n in nodes if n.op == "output")
+    depends = _input_dependent(nodes, source)
+    starts, ends = [source, *cut_nodes], [*cut_nodes, output]
+    return [
+        fx.GraphModule(gm, _segment_graph(nodes, pos, s, e, depends), f"segment_to_{e.name}")
+        for s, e in zip(starts, ends, strict=True)
+    ]
+
+
+class Stage(nn.Module):
+    """One backbone segment on one device, optionally ending in an exit head.
+
+    ``forward(x) -> (activation, logits)``: logits are the head's (``None``
+    without a head) or, for the last stage, the backbone's own; the decision is
+    left to the caller.
+    """
+
+    def __init__(self, *, segment: nn.Module, head: nn.Module | None, device: int,
+                 end: str, exit_index: int | None, threshold: float | None,
+                 final: bool = False) -> None:
+        super().__init__()
+        self.segment = segment
+        self.head = head
+        self.device = device
+        self.end = end  # candidate name at the end of the segment, "output" for the last
+        self.exit_index = exit_index
+        self.threshold = threshold
+        self.final = final
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        act: Tensor = self.segment(x)
+        if self.final:
+            return act, act
+        return act, (self.head(act) if self.head is not None else None)
+
+
+class EENN(nn.Module):
+    """Stages in execution order plus the decision rule (metric, thresholds)."""
+
+    def __init__(self, *, stages: Sequence[Stage], config: EENNConfig, n_devices: int) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.config = config
+        self.n_devices = n_devices
+        self.metric_index = METRICS.index(config.metric)
+
+    @property
+    def n_exits(self) -> int:
+        return len(self.config.exits)
+
+    def stage_list(self) -> list[Stage]:
+        """The stages in execution order (typed)."""
+        return [cast(Stage, s) for s in self.stages]
+
+    def _run(self, stage: Stage, x: Tensor, min_batch: int) -> tuple[Tensor, Tensor | None]:
+        n = x.shape[0]
+        if 0 < n < min_batch:  # same kernels as a larger batch (see module docstring)
+            act, logits = stage(torch.cat([x, x[:1].expand(min_batch - n, *x.shape[1:])]))
+            return act[:n], (logits[:n] if logits is not None else None)
+        out: tuple[Tensor, Tensor | None] = stage(x)
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, *, min_batch: int = 1) -> EENNOutput:
+        """Run ``x`` with true early exit; see :class:`EENNOutput`."""
+        n = x.shape[0]
+        k_final = self.n_exits
+        pred = torch.zeros(n, dtype=torch.int64, device=x.device)
+        taken = torch.full((n,), k_final, dtype=torch.int64, device=x.device)
+        device = torch.zeros(n, dtype=torch.int64, device=x.device)
+        conf = torch.zeros(n, dtype=torch.float32, device=x.device)
+        out_logits: Tensor | None = None
+        alive = torch.arange(n, device=x.device)
+        h = x
+        for stage in self.stage_list():
+            if alive.numel() == 0:
+                break
+            h, logits = self._run(stage, h, min_batch)
+            if logits is None:
+                continue
+            p, scores = exit_scores(logits)
+            c = scores[self.metric_index]
+            if out_logits is None:
+                out_logits = torch.zeros(n, logits.shape[1], dtype=torch.float32, device=x.device)
+            if stage.final:  # the backbone classifier: everyone left finishes
+                leave = torch.ones_like(c, dtype=torch.bool)
+            else:
+                leave = c >= torch.tensor(stage.threshold, dtype=torch.float32, device=c.device)
+            idx = alive[leave]
+            pred[idx], conf[idx], device[idx] = p[leave], c[leave], stage.device
+            out_logits[idx] = logits[leave].float()
+            taken[idx] = k_final if stage.final else int(stage.exit_index or 0)
+            stay = ~leave
+            alive, h = alive[stay], h[stay]
+        assert out_logits is not None
+        return EENNOutput(prediction=pred, exit=taken, device=device, confidence=conf,
+                          logits=out_logits)
+
+
+def _cut_plan(config: EENNConfig, n_cand: int) -> list[int]:
+    """Candidate indices where the graph is cut: active exits and device boundaries."""
+    for e in config.exits:
+        if not 0 <= e.candidate < n_cand:
+            raise RuntimeBuildError(
+                f"exit at candidate {e.candidate} but the backbone has {n_cand} candidates "
+                f"(0..{n_cand - 1}); the config belongs to another model profile"
+            )
+    for b in config.boundaries:
+        if not 0 <= b <= n_cand + 1:
+            raise RuntimeBuildError(f"boundary {b} is outside 0..{n_cand + 1}")
+    cuts = {e.candidate for e in config.exits}
+    cuts |= {b - 1 for b in config.boundaries if 1 <= b <= n_cand}
+    return sorted(cuts)
+
+
+def build_eenn(
+    model: nn.Module,
+    config: EENNConfig,
+    *,
+    candidates: Sequence[ExitCandidate],
+    heads: Mapping[tuple[int, int], nn.Module],
+    n_devices: int | None = None,
+) -> EENN:
+    """The runnable EENN of ``config`` on ``model`` (eval mode, weights shared with ``model``).
+
+    ``candidates`` are the profile's (``BackboneProfile.candidates``) and
+    ``heads`` maps ``(candidate index, head index)`` to trained heads.
+    """
+    hooked = [c.name for c in candidates if c.kind != "node"]
+    if hooked:
+        raise RuntimeBuildError(
+            f"candidates {hooked[:3]} were profiled with forward hooks (kind='module'); such a "
+            "model cannot be split into segments, make it torch.fx-traceable to run it as an EENN"
+        )
+    n_cand = len(candidates)
+    cuts = _cut_plan(config, n_cand)
+    missing = [(e.candidate, e.head) for e in config.exits if (e.candidate, e.head) not in heads]
+    if missing:
+        raise RuntimeBuildError(f"no trained head for (candidate, head) {missing}; retrain heads")
+    segments = split_graph(trace(model), [candidates[c].name for c in cuts])
+    exit_at = {e.candidate: (k, e) for k, e in enumerate(config.exits)}
+    stages = []
+    for i, seg in enumerate(segments):
+        last = i == len(cuts)
+        seg_index = n_cand if last else cuts[i]
+        k, choice = exit_at.get(seg_index, (None, None)) if not last else (None, None)
+        stages.append(Stage(
+            segment=seg,
+            head=heads[(choice.candidate, choice.head)] if choice else None,
+            device=config.device_of_segment(seg_index),
+            end="output" if last else candidates[seg_index].name,
+            exit_index=k,
+            threshold=choice.threshold if choice else None,
+            final=last,
+        ))
+    eenn = EENN(stages=stages, config=config,
+                n_devices=n_devices if n_devices is not None else len(config.boundaries) + 1)
+    return eenn.eval()
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunRecord:
+    """Per-sample results of an EENN over a whole dataset, in dataset order."""
+
+    labels: NDArray[np.int64]
+    prediction: NDArray[np.int64]
+    exit: NDArray[np.int64]  # 0..K, K = backbone classifier
+    device: NDArray[np.int64]
+    confidence: NDArray[np.float32]
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.prediction == self.labels).mean()) if len(self.labels) else float("nan")
+
+
+def run_dataset(
+    eenn: EENN,
+    dataset: Dataset[Any],
+    *,
+    batch_size: int = 256,
+    min_batch: int = 2,
+    device: torch.device | str = "cpu",
+) -> RunRecord:
+    """Run ``eenn`` over ``dataset`` in order, ``batch_size`` samples at a time."""
+    eenn = eenn.to(device)
+    parts: list[tuple[Tensor, EENNOutput]] = []
+    for x, y in iter_batches(dataset, batch_size):
+        parts.append((y, eenn(x.float().to(device), min_batch=min_batch)))
+    if not parts:
+        raise ValueError("the dataset is empty; nothing to run the EENN on")
+
+    def cat(field: str) -> Any:
+        return torch.cat([getattr(o, field) for _, o in parts]).cpu().numpy()
+
+    return RunRecord(
+        labels=torch.cat([y for y, _ in parts]).long().numpy(),
+        prediction=cat("prediction"),
+        exit=cat("exit"),
+        device=cat("device"),
+        confidence=cat("confidence"),
+    )
