@@ -1,0 +1,165 @@
+"""``python -m search.worker``: one of several processes that share one Optuna study in a database.
+
+Start as many as you like, on one machine or many, with the same experiment, the same
+``search.storage`` (e.g. ``postgresql+psycopg2://user:pw@host/db``) and ``search.study_name``,
+and a different ``+worker=<int>`` each::
+
+    python -m search.worker search=optuna_nsga2 search.storage=postgresql+psycopg2://... \\
+        search.study_name=resnet152 +worker=3 hydra.run.dir=results/workers/3
+
+Every worker prepares (or reads from the shared ``cache_dir``) the same backbone, features,
+heads and prediction table -- the run's ``seed`` fixes data splits and training for all of
+them -- and runs its own ask/tell loop with a sampler seeded from ``(seed, worker)``, so workers
+propose different points. Each told batch lands in the shared study; the worker's own trials
+are also in its run folder (trials.parquet, pareto.csv, chosen.yaml, worker.json). The
+reference strategies (random, manual) are left to a normal ``python -m search`` run.
+Before any work the database is checked: unreachable, or holding a study of the same name
+with other objectives, is a one-line error and nothing stored is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from search.errors import one_line_errors
+
+__all__ = ["WorkerOutcome", "check_shared_study", "main", "work"]
+
+_SHARED_BACKENDS = ("optuna_nsga2", "optuna_tpe")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOutcome:
+    """What one worker did: its trials (numbers within its run) and the study it shared."""
+
+    run_dir: Path
+    study_name: str
+    worker: int
+    sampler_seed: int
+    n_trials: int
+
+
+def _redacted(url: str) -> str:
+    """The URL with any password replaced, for messages and worker.json."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: quote it as given
+        return url
+
+
+def _settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """(storage URL, study name) of a shared study, or a one-line error naming the fix."""
+    search = cfg["search"]
+    backend = str(search.get("backend"))
+    if backend not in _SHARED_BACKENDS:
+        raise ValueError(f"search.backend={backend!r} cannot share a study; use "
+                         "search=optuna_nsga2 or search=optuna_tpe")
+    storage = search.get("storage")
+    if not storage:
+        raise ValueError("search.storage=null: workers share a study through a database every "
+                         "one of them reaches; set search.storage=postgresql+psycopg2://"
+                         "user:password@host:port/db")
+    name = search.get("study_name")
+    if not name:
+        raise ValueError("search.study_name=null: give every worker the same "
+                         "search.study_name=<name>")
+    return str(storage), str(name)
+
+
+def check_shared_study(*, storage: str, study_name: str, objectives: Sequence[str]) -> None:
+    """Create the study (objective names recorded) or check the stored one has these objectives.
+
+    Raises a one-line ``ValueError`` for an unreachable database or a study of the same name
+    created with other objectives; an existing study is only read, never changed.
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        rdb = optuna.storages.RDBStorage(storage)
+    except (SQLAlchemyError, ImportError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"search.storage={_redacted(storage)!r} cannot be reached ({first}); "
+                         "start the database or fix the URL "
+                         "(postgresql+psycopg2://user:password@host:port/db)") from None
+    names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
+    if study_name in names:
+        study = optuna.load_study(study_name=study_name, storage=rdb)
+        stored = study.metric_names or [f"<{len(study.directions)} unnamed>"]
+        if list(stored) != list(objectives):
+            raise ValueError(f"search.study_name={study_name!r} in {_redacted(storage)} holds "
+                             f"objectives {list(stored)}, this run has {list(objectives)}; use the "
+                             "same objectives or another search.study_name")
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(storage=rdb, study_name=study_name, load_if_exists=True,
+                                    directions=["minimize"] * len(objectives))
+        if study.metric_names is None:
+            study.set_metric_names(list(objectives))
+    if list(study.metric_names or ()) != list(objectives):  # another worker won the race
+        raise ValueError(f"search.study_name={study_name!r} was just created with objectives "
+                         f"{study.metric_names}, this run has {list(objectives)}")
+
+
+def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
+         progress: bool = True) -> WorkerOutcome:
+    """Prepare (cached), then run this worker's share of the shared study into ``run_dir``."""
+    from evaluators.proxy import ProxyEvaluator
+    from search.loop import run_search
+    from search.pipeline import plain, prepare
+    from spaces.space import build_space
+
+    cfg = plain(cfg)
+    storage, study_name = _settings(cfg)
+    objectives = [str(o) for o in cfg["objectives"]]
+    check_shared_study(storage=storage, study_name=study_name, objectives=objectives)
+    seed = int(cfg["seed"])
+    sampler_seed = int(np.random.SeedSequence([seed, int(worker)]).generate_state(1)[0] >> 1)
+    search_cfg = {**cfg["search"], "baselines": []}
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(cfg, progress=progress)
+    table = prepared.predictions
+    space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
+    evaluators = [ProxyEvaluator(split=split, costs=prepared.costs, platform=prepared.platform,
+                                 threshold_grid=space.threshold_grid)
+                  for split in (table.val, table.test)]
+    result = run_search(evaluator=evaluators[0], space=space, cfg_search=search_cfg,
+                        objectives=objectives, constraints=cfg["constraints"], seed=sampler_seed,
+                        run_dir=run_dir, test_evaluator=evaluators[1], progress=progress)
+    outcome = WorkerOutcome(run_dir=run_dir, study_name=study_name, worker=int(worker),
+                            sampler_seed=sampler_seed, n_trials=len(result.records))
+    (run_dir / "worker.json").write_text(json.dumps(
+        {"study_name": study_name, "storage": _redacted(storage), "worker": int(worker),
+         "sampler_seed": sampler_seed, "n_trials": outcome.n_trials,
+         "objectives": objectives, "strategy": result.strategy}, indent=2))
+    return outcome
+
+
+@hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: ``+worker=<int>`` tells the workers of one study apart."""
+    with one_line_errors():
+        outcome = work(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir),
+                       worker=int(cfg.get("worker", 0)))
+    print(f"worker {outcome.worker}: {outcome.n_trials} trials told to study "
+          f"{outcome.study_name!r}; run folder {outcome.run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
