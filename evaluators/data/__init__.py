@@ -1,0 +1,136 @@
+"""Datasets and their train/val/test splits, by name from ``conf/data/*.yaml``.
+
+``train`` fits exit heads, ``val`` drives the search and calibrates thresholds, ``test`` is
+only for the final check. Splits are stratified and drawn deterministically from the config
+sizes and the seed; :attr:`DataSplits.fingerprint` hashes the data and split indices so
+downstream caches notice any change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from evaluators.data._pool import ArrayDataset, DataError, Pool
+from evaluators.data._splits import SPLITS, SplitError, stratified_split
+
+__all__ = ["LOADERS", "ArrayDataset", "DataError", "DataSplits", "load_data"]
+
+LOADERS: dict[str, str] = {
+    "mnist5k": "evaluators.data._mnist5k:load",
+    "cifar10": "evaluators.data._cifar10:load",
+    "speech_commands": "evaluators.data._speech_commands:load",
+    "mitbih": "evaluators.data._mitbih:load",
+    "generic": "evaluators.data._custom:load_generic",
+    "npz": "evaluators.data._custom:load_npz",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSplits:
+    """The three splits of one dataset; each yields ``(float32 input_shape tensor, int label)``."""
+
+    train: Dataset[tuple[torch.Tensor, int]]
+    val: Dataset[tuple[torch.Tensor, int]]
+    test: Dataset[tuple[torch.Tensor, int]]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+    name: str
+    fingerprint: str
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    return dict(cfg)
+
+
+def _loader(name: str) -> Callable[..., Pool]:
+    if name not in LOADERS:
+        raise DataError(f"unknown data.loader={name!r}; use one of {', '.join(sorted(LOADERS))}")
+    module_name, _, attr = LOADERS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+
+
+def _norm(values: tuple[float, ...], ndim: int) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.float32)
+    return t.reshape(-1, *([1] * (ndim - 1))) if t.numel() > 1 else t.reshape(())
+
+
+def _fit_norm(
+    x: torch.Tensor, scale: float, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean/std of the train inputs, shared along ``dims`` of one sample."""
+    xs = x.to(torch.float32) * scale
+    reduce = (0, *(d + 1 for d in dims))
+    mean = xs.mean(dim=reduce, keepdim=True)[0]
+    std = xs.std(dim=reduce, keepdim=True)[0].clamp_min(1e-6)
+    return mean, std
+
+
+def _fingerprint(name: str, parts: dict[str, ArrayDataset], indices: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(name.encode())
+    for split in SPLITS:
+        ds = parts[split]
+        for arr in (indices[split], ds.labels, ds.inputs, ds.mean, ds.std):
+            t = torch.as_tensor(arr).contiguous()
+            h.update(f"{split}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+        h.update(str(ds.scale).encode())
+    return h.hexdigest()
+
+
+def load_data(cfg_data: Mapping[str, Any], *, seed: int) -> DataSplits:
+    """Load the dataset described by ``cfg_data`` (a ``conf/data`` group) and split it."""
+    cfg = _plain(cfg_data)
+    name = str(cfg.get("name") or cfg.get("loader") or "data")
+    pool = _loader(str(cfg.get("loader", name)))(cfg, seed=seed)
+    num_classes = len(pool.class_names)
+    if cfg.get("num_classes") not in (None, num_classes):
+        raise DataError(
+            f"data.num_classes={cfg['num_classes']} but {name} has {num_classes} classes; set "
+            f"data.num_classes={num_classes}"
+        )
+    sizes = cfg.get("splits") or {}
+    unknown = set(sizes) - set(SPLITS)
+    if unknown:
+        raise DataError(f"data.splits has unknown keys {sorted(unknown)}; use train, val and test")
+    try:
+        indices = stratified_split(pool.labels, sizes, seed=seed, groups=pool.groups)
+    except SplitError as err:
+        raise DataError(str(err)) from None
+    inputs = {s: pool.read(indices[s]) for s in SPLITS}
+    sample_ndim = inputs["train"].dim() - 1
+    if pool.fit_norm:
+        mean, std = _fit_norm(inputs["train"], pool.scale, pool.fit_dims)
+    else:
+        mean, std = _norm(pool.mean, sample_ndim), _norm(pool.std, sample_ndim)
+    parts = {
+        s: ArrayDataset(
+            inputs[s],
+            torch.as_tensor(pool.labels[indices[s]]),
+            scale=pool.scale,
+            mean=mean,
+            std=std,
+        )
+        for s in SPLITS
+    }
+    return DataSplits(
+        train=parts["train"],
+        val=parts["val"],
+        test=parts["test"],
+        input_shape=tuple(int(d) for d in inputs["train"].shape[1:]),
+        num_classes=num_classes,
+        class_names=pool.class_names,
+        name=name,
+        fingerprint=_fingerprint(name, parts, indices),
+    )
