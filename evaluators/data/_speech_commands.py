@@ -110,10 +110,21 @@ def _silence(
     return clips
 
 
+def _words(cfg: dict[str, Any]) -> tuple[str, ...]:
+    words = tuple(cfg.get("words") or WORDS)
+    odd = [w for w in words if not isinstance(w, str)]
+    if odd:
+        raise DataError(
+            f"data.words contains {odd[0]!r}, not a word (YAML reads bare yes/no/on/off as "
+            'booleans); quote them: data.words=["yes","no",...]'
+        )
+    return words
+
+
 def _pool_clips(
     root: Path, cfg: dict[str, Any], spec: MfccSpec, seed: int
 ) -> tuple[list[_Clip], np.ndarray, np.ndarray | None]:
-    words = tuple(cfg.get("words") or WORDS)
+    words = _words(cfg)
     rel = sorted(
         f"{d.name}/{f.name}"
         for d in root.iterdir()
@@ -203,7 +214,7 @@ def load(cfg: dict[str, Any], *, seed: int) -> Pool:
         raise missing_data(root, "Speech Commands folder")
     spec = _spec(cfg)
     clips, labels, groups = _pool_clips(root, cfg, spec, seed)
-    words = tuple(cfg.get("words") or WORDS)
+    words = _words(cfg)
     return Pool(
         labels=labels,
         class_names=(*words, "_unknown_", "_silence_"),

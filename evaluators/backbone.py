@@ -1,0 +1,368 @@
+"""The frozen backbone: a user's checkpoint, or the configured architecture trained once and cached.
+
+A checkpoint (``model.checkpoint``) may be a state dict for ``model.arch``, a TorchScript file
+or a ``torch.export`` ``.pt2`` archive. Without one, the architecture is trained with the
+``model.train`` recipe and stored under ``<cache_dir>/backbones/`` keyed by a hash of
+architecture, kwargs, data fingerprint, recipe and seed, so later runs load it instead.
+Accuracies on val and test are cached next to it, keyed by the weights and the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from torch import fx, nn
+
+from evaluators._training import BackboneError, TrainRecipe, accuracy, train
+from evaluators.data import DataSplits
+from evaluators.models import build_architecture
+
+__all__ = [
+    "BackboneError",
+    "BackboneInfo",
+    "TrainRecipe",
+    "accuracy",
+    "get_backbone",
+    "load_checkpoint",
+    "resolve_device",
+    "train",
+    "weights_hash",
+]
+
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneInfo:
+    """Where the backbone came from and how good it is."""
+
+    checkpoint: Path
+    trained_now: bool
+    weights_hash: str
+    accuracy_val: float
+    accuracy_test: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; a missing GPU is an error, not a fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackboneError(
+            f"device={device!r} but no CUDA GPU is visible; set device=cpu or device=auto"
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise BackboneError(
+            f"device={device!r} is not a torch device; use cpu, cuda or auto"
+        ) from err
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the state dict (a downstream cache key)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    return dict(cfg)
+
+
+def _archive_kind(path: Path) -> str:
+    """'export', 'torchscript' or 'state_dict', from the file's zip layout (or its .pt2 suffix)."""
+    if path.suffix == ".pt2":
+        return "export"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        if any("/code/" in n for n in names):
+            return "torchscript"
+        if any(
+            n.endswith("/models/model.json") or "serialized_exported_program" in n for n in names
+        ):
+            return "export"
+    return "state_dict"
+
+
+def _unwrap_state(state: Any) -> dict[str, torch.Tensor] | None:
+    """The tensor dict inside common layouts: plain, {'state_dict': ...}, DataParallel."""
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(state.get(key), Mapping):
+                return _unwrap_state(state[key])
+        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            if all(str(k).startswith("module.") for k in state):
+                return {str(k)[len("module.") :]: v for k, v in state.items()}
+            return {str(k): v for k, v in state.items()}
+    return None
+
+
+def _first_mismatch(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> str | None:
+    for key, tensor in expected.items():
+        if key not in given:
+            return f"{key!r} is missing from the checkpoint"
+        if tuple(given[key].shape) != tuple(tensor.shape):
+            got, want = tuple(given[key].shape), tuple(tensor.shape)
+            return f"{key!r} has shape {got}, the architecture expects {want}"
+    extra = [k for k in given if k not in expected]
+    return f"{extra[0]!r} is not in the architecture" if extra else None
+
+
+def _load_state_dict(
+    path: Path, *, arch: str, num_classes: int, kwargs: Mapping[str, Any]
+) -> nn.Module:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise BackboneError(
+            f"model.checkpoint={path} is not a loadable state dict ({type(err).__name__}); "
+            "save model.state_dict(), torch.jit.save(...) or torch.export.save(...) instead"
+        ) from err
+    tensors = _unwrap_state(state)
+    if tensors is None:
+        raise BackboneError(
+            f"model.checkpoint={path} holds no state dict of tensors; save model.state_dict() "
+            "instead"
+        )
+    model = build_architecture(arch, num_classes=num_classes, **kwargs)
+    problem = _first_mismatch(model.state_dict(), tensors)
+    if problem:
+        raise BackboneError(
+            f"checkpoint {path} does not match arch={arch!r} (kwargs={dict(kwargs)}, "
+            f"num_classes={num_classes}): {problem}; "
+            "set model.arch/model.kwargs to the architecture it was saved from"
+        )
+    model.load_state_dict(tensors)
+    return model
+
+
+def load_checkpoint(
+    path: Path, *, arch: str, num_classes: int, kwargs: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """A CPU backbone from a state dict for ``arch``, a TorchScript file or a ``.pt2`` export."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BackboneError(
+            f"model.checkpoint={path} does not exist; point it at a checkpoint file or set "
+            f"model.checkpoint=null to train {arch}"
+        )
+    kind = _archive_kind(path)
+    try:
+        if kind == "export":
+            exported = torch.export.load(str(path)).module()
+            return fx.GraphModule(exported, exported.graph)  # a plain GraphModule supports .eval()
+        if kind == "torchscript":
+            with warnings.catch_warnings():  # deprecated upstream, but a format users still have
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            return scripted
+    except Exception as err:  # torch raises many types for corrupt archives
+        raise BackboneError(
+            f"cannot load {kind} checkpoint {path} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); re-save it"
+        ) from err
+    return _load_state_dict(path, arch=arch, num_classes=num_classes, kwargs=kwargs or {})
+
+
+def _check_outputs(model: nn.Module, data: DataSplits, path: Path) -> None:
+    """One forward pass on three val samples: the output must be (3, num_classes)."""
+    x = torch.stack([data.val[i][0] for i in range(min(3, len(data.val)))])  # type: ignore[arg-type]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as err:
+        raise BackboneError(
+            f"checkpoint {path} fails on a batch of {len(x)} inputs of shape {data.input_shape} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); export it "
+            "for this input shape with a dynamic batch dimension"
+        ) from err
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BackboneError(
+            f"checkpoint {path} outputs {shape}, expected ({len(x)}, {data.num_classes}) logits "
+            f"for {data.name}"
+        )
+
+
+def _writable(directory: Path) -> Path:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise BackboneError(
+            f"cache directory {directory} is not writable ({err.strerror}); set cache_dir=<a "
+            "writable directory>"
+        ) from err
+    return directory
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write a temporary file in the same directory, then rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _cache_key(
+    arch: str, kwargs: Mapping[str, Any], data: DataSplits, recipe: TrainRecipe, seed: int
+) -> str:
+    blob = {
+        "version": _CACHE_VERSION,
+        "arch": arch,
+        "kwargs": dict(kwargs),
+        "num_classes": data.num_classes,
+        "data": data.fingerprint,
+        "recipe": asdict(recipe),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _evaluate(
+    model: nn.Module, data: DataSplits, *, whash: str, directory: Path, device: torch.device
+) -> tuple[float, float]:
+    """Val and test accuracy, cached under ``directory`` by weights hash and data fingerprint."""
+    key = hashlib.sha256(f"{whash}:{data.fingerprint}".encode()).hexdigest()[:24]
+    path = directory / f"accuracy-{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        return float(cached["accuracy_val"]), float(cached["accuracy_test"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet (or unreadable): compute it again
+    model.to(device)
+    acc = {
+        "accuracy_val": accuracy(model, data.val, device=device),
+        "accuracy_test": accuracy(model, data.test, device=device),
+    }
+    model.to("cpu")
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(acc)))
+    return acc["accuracy_val"], acc["accuracy_test"]
+
+
+def _load_cached(
+    path: Path, *, arch: str, num_classes: int, kwargs: Mapping[str, Any]
+) -> nn.Module:
+    try:
+        return _load_state_dict(path, arch=arch, num_classes=num_classes, kwargs=kwargs)
+    except BackboneError as err:
+        raise BackboneError(
+            f"cached backbone {path} is unusable ({err}); delete it to retrain"
+        ) from err
+
+
+def _train_and_cache(
+    arch: str,
+    kwargs: Mapping[str, Any],
+    data: DataSplits,
+    recipe: TrainRecipe,
+    *,
+    seed: int,
+    device: torch.device,
+    path: Path,
+) -> nn.Module:
+    n_train = len(data.train)  # type: ignore[arg-type]
+    Console(stderr=True).print(
+        f"[bold yellow]No checkpoint given (model.checkpoint=null): training {arch} on {data.name} "
+        f"({n_train} samples, {recipe.epochs} epochs, {device}).[/] "
+        f"It is cached at {path} and reused by later runs; set model.checkpoint=<file> to use your "
+        "own weights."
+    )
+    torch.manual_seed(seed)
+    model = build_architecture(arch, num_classes=data.num_classes, **kwargs)
+    start = time.perf_counter()
+    train(model, data, recipe, seed=seed, device=device, desc=f"training {arch}")
+    model.to("cpu")
+    _atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    meta = {
+        "arch": arch,
+        "kwargs": dict(kwargs),
+        "data": data.name,
+        "data_fingerprint": data.fingerprint,
+        "recipe": asdict(recipe),
+        "seed": seed,
+        "device": str(device),
+        "train_seconds": time.perf_counter() - start,
+    }
+    _atomic_write(
+        path.with_suffix(".json"),
+        lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)),
+    )
+    return model
+
+
+def get_backbone(
+    model_cfg: Mapping[str, Any],
+    data: DataSplits,
+    *,
+    cache_dir: Path,
+    seed: int,
+    device: str = "auto",
+) -> tuple[nn.Module, BackboneInfo]:
+    """The backbone for ``model_cfg`` (a ``conf/model`` group) on ``data``, on the CPU in eval mode.
+
+    Loads ``model.checkpoint`` when given; otherwise trains ``model.arch`` with ``model.train``
+    (on the GPU when ``device`` resolves to cuda) once and reuses the cached weights afterwards.
+    """
+    cfg = _plain(model_cfg)
+    arch = str(cfg.get("arch") or "")
+    if not arch:
+        raise BackboneError(
+            "model.arch is not set; name a registry key, torchvision:<name> or module:Callable"
+        )
+    kwargs = dict(cfg.get("kwargs") or {})
+    dev = resolve_device(device)
+    directory = _writable(Path(cache_dir).expanduser() / "backbones")
+    trained_now = False
+    if cfg.get("checkpoint"):
+        path = Path(str(cfg["checkpoint"])).expanduser()
+        model = load_checkpoint(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
+    else:
+        recipe = TrainRecipe.from_config(cfg.get("train"))
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
+        path = directory / f"{safe}-{_cache_key(arch, kwargs, data, recipe, seed)[:16]}.pt"
+        if path.is_file():
+            model = _load_cached(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
+        else:
+            model = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev, path=path)
+            trained_now = True
+    model.eval()
+    _check_outputs(model, data, path)
+    whash = weights_hash(model)
+    acc_val, acc_test = _evaluate(model, data, whash=whash, directory=directory, device=dev)
+    info = BackboneInfo(
+        checkpoint=path,
+        trained_now=trained_now,
+        weights_hash=whash,
+        accuracy_val=acc_val,
+        accuracy_test=acc_test,
+    )
+    return model, info
