@@ -3,8 +3,8 @@
 Every writer puts a small, seeded, learnable (class-dependent) dataset where the matching
 ``conf/data/<name>.yaml`` expects it under ``data.root``: CIFAR-10 python pickles, the Speech
 Commands v2 folder layout with 16-bit WAV clips and split lists, and WFDB records with ``atr``
-annotations. Sizes are chosen so the tiny mode (``+debug=tiny``: 60/30/30 samples) can draw
-its splits.
+annotations. Sizes are chosen so the tiny mode (``+debug=tiny``) can draw
+its splits (train 40 / val 20 / test 20).
 """
 
 from __future__ import annotations
