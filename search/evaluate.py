@@ -40,10 +40,11 @@ from search.pipeline import Prepared, prepare
 from search.results import config_from_json
 from search.runtime import RunRecord, build_eenn, run_dataset
 
-__all__ = ["EVALUATED", "LoadedRun", "evaluate_run", "load_run", "main", "predicted_exits",
-           "select_trials"]
+__all__ = ["EVALUATED", "TIE_TOLERANCE", "LoadedRun", "compare_exits", "evaluate_run",
+           "load_run", "main", "predicted_exits", "select_trials"]
 
 EVALUATED = "evaluated.csv"
+TIE_TOLERANCE = 1e-6  # |table confidence - threshold| below which float32 kernel noise may flip
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -145,6 +146,28 @@ def predicted_exits(split: SplitPredictions, config: EENNConfig) -> NDArray[np.i
     return taken
 
 
+def compare_exits(record: RunRecord, split: SplitPredictions, config: EENNConfig,
+                  *, tolerance: float = TIE_TOLERANCE) -> tuple[int, int]:
+    """(samples whose exit differs from the table's, how many of them are float32 ties).
+
+    A mismatch is a tie when, at the earlier of the two exits, the table's
+    confidence lies within ``tolerance`` of that exit's threshold: kernel
+    noise of a few ulps decides it (see :mod:`search.runtime`). Anything else
+    is a bug.
+    """
+    predicted = predicted_exits(split, config)
+    bad = np.flatnonzero(record.exit != predicted)
+    if not len(bad):
+        return 0, 0
+    m = METRICS.index(config.metric)
+    first = np.minimum(record.exit[bad], predicted[bad])
+    cand = np.array([e.candidate for e in config.exits])[first]
+    head = np.array([e.head for e in config.exits])[first]
+    thr = np.array([e.threshold for e in config.exits], dtype=np.float32)[first]
+    gap = np.abs(split.head_conf[m, cand, head, bad].astype(np.float64) - thr)
+    return len(bad), int((gap <= tolerance).sum())
+
+
 def _figures(record: RunRecord, paths: PathCosts, n_exits: int) -> dict[str, Any]:
     counts = np.bincount(record.exit, minlength=n_exits + 1)
     return {
@@ -171,7 +194,7 @@ def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> 
             raise ValueError(f"{split} labels differ from the prediction table's; the data "
                              "changed since the run, start a new run")
         figures = _figures(record, paths, len(config.exits))
-        mismatch = int((record.exit != predicted_exits(table, config)).sum())
+        mismatch, ties = compare_exits(record, table, config)
         suffix = "val" if split == "val" else "test"
         out[f"measured_accuracy_{suffix}"] = figures["accuracy"]
         out["measured_macs" if split == "val" else "measured_macs_test"] = figures["macs"]
@@ -180,6 +203,7 @@ def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> 
         out[f"exit_fractions_{suffix}"] = figures["exit_fractions"]
         out["exit_match" if split == "val" else "exit_match_test"] = mismatch == 0
         out[f"exit_mismatches_{suffix}"] = mismatch
+        out[f"exit_mismatch_ties_{suffix}"] = ties
     proxy_test = ProxyEvaluator(split=prep.predictions.test, costs=prep.costs,
                                 platform=prep.platform).evaluate([config])
     out["predicted_accuracy_test"] = float(proxy_test.accuracy[0])
@@ -215,18 +239,27 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
     return df
 
 
+def _match_text(mismatches: int, ties: int) -> str:
+    if not mismatches:
+        return "yes"
+    if mismatches == ties:
+        return f"[yellow]{mismatches} float ties[/]"
+    return f"[red]NO: {mismatches - ties} (+{ties} ties)[/]"
+
+
 def render(df: pd.DataFrame) -> Table:
     """The terminal table: proxy vs measured on val, and generalisation to test."""
-    table = Table(title="EENN measured on val and test (proxy = prediction on val)")
-    for col in ("trial", "acc proxy", "acc val", "acc test", "generalisation",
-                "MACs proxy", "MACs val", "MACs test", "exits match proxy"):
+    table = Table(title="real EENN on val and test; proxy = predicted on val; "
+                        "test-val = generalisation, not proxy error")
+    for col in ("trial", "acc proxy", "acc val", "acc test", "test-val",
+                "MMACs proxy", "MMACs val", "MMACs test", "exits = proxy"):
         table.add_column(col, justify="right")
     for r in df.itertuples():
         table.add_row(str(r.trial), f"{r.predicted_accuracy:.4f}", f"{r.measured_accuracy_val:.4f}",
-                      f"{r.measured_accuracy_test:.4f}", f"{100 * r.generalisation_gap:+.2f} pt",
-                      f"{r.predicted_macs:.4g}", f"{r.measured_macs:.4g}",
-                      f"{r.measured_macs_test:.4g}",
-                      "yes" if r.exit_match else f"[red]NO ({r.exit_mismatches_val})[/]")
+                      f"{r.measured_accuracy_test:.4f}", f"{100 * r.generalisation_gap:+.1f}pt",
+                      f"{r.predicted_macs / 1e6:.4f}", f"{r.measured_macs / 1e6:.4f}",
+                      f"{r.measured_macs_test / 1e6:.4f}",
+                      _match_text(int(r.exit_mismatches_val), int(r.exit_mismatch_ties_val)))
     return table
 
 
@@ -245,9 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
         df = evaluate_run(args.run, points=args.points, batch_size=args.batch_size)
         console.print(render(df))
-        if not df["exit_match"].all():
+        real = df["exit_mismatches_val"] - df["exit_mismatch_ties_val"]
+        if (real > 0).any():
             console.print("[bold red]the real EENN left at other exits than the proxy "
                           "predicted on val: a bug[/]")
+        elif not df["exit_match"].all():
+            console.print("[yellow]float ties: val samples whose confidence equals a threshold "
+                          "(to 1e-6) went the other way in float32; not a proxy error[/]")
         console.print(f"written: {Path(args.run) / EVALUATED}")
     return 0
 

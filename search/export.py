@@ -307,7 +307,7 @@ def verify_runner(manifest_path: Path, eenn: EENN, x: Tensor) -> dict[str, Any]:
     """Replay ``x`` with the reference runner and count disagreements with PyTorch."""
     from search.runtime import run_dataset
 
-    ref = run_dataset(eenn, torch.utils.data.TensorDataset(x, torch.zeros(len(x))), min_batch=1)
+    ref = run_dataset(eenn, torch.utils.data.TensorDataset(x, torch.zeros(len(x))))
     got: RunnerOutput = run_manifest(manifest_path, x.numpy())
     return {"samples": len(x),
             "prediction_mismatches": int((got.prediction != ref.prediction).sum()),

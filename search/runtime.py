@@ -10,13 +10,14 @@ decision, so it can be exported as is (:mod:`search.export`).
 :meth:`EENN.forward` does true early exit at any batch size: after each head,
 the samples whose confidence (:func:`evaluators.tables.exit_scores`, the
 prediction table's own formula) is ``>=`` the float32 threshold leave the batch
-and only the rest run the next segment. On CPU, PyTorch's kernels give a sample
-the same bits for any batch of two or more, but a batch of one takes other
-kernels (matrix-vector paths) and may differ in the last bit, which can move a
-sample that sits exactly on a threshold (the quantile grid puts one there). So
-``forward(..., min_batch=2)`` (what :mod:`search.evaluate` uses to reproduce the
-table) runs a lone remaining sample as a batch of two copies; the default
-``min_batch=1`` is the plain deployment behaviour.
+and only the rest run the next segment.
+
+Float32 CPU kernels (MKL/oneDNN GEMM and convolution) do not promise the same
+bits for a sample in batches of different size or layout: a head's confidence
+can differ from the table's in the last bit or two (~1e-8). A decision can only
+flip for a sample whose confidence sits within that noise of a threshold; the
+quantile threshold grid puts one val sample exactly on each threshold, so such
+ties exist. :func:`search.evaluate.compare_exits` reports them separately.
 """
 
 from __future__ import annotations
@@ -188,16 +189,8 @@ class EENN(nn.Module):
         """The stages in execution order (typed)."""
         return [cast(Stage, s) for s in self.stages]
 
-    def _run(self, stage: Stage, x: Tensor, min_batch: int) -> tuple[Tensor, Tensor | None]:
-        n = x.shape[0]
-        if 0 < n < min_batch:  # same kernels as a larger batch (see module docstring)
-            act, logits = stage(torch.cat([x, x[:1].expand(min_batch - n, *x.shape[1:])]))
-            return act[:n], (logits[:n] if logits is not None else None)
-        out: tuple[Tensor, Tensor | None] = stage(x)
-        return out
-
     @torch.no_grad()
-    def forward(self, x: Tensor, *, min_batch: int = 1) -> EENNOutput:
+    def forward(self, x: Tensor) -> EENNOutput:
         """Run ``x`` with true early exit; see :class:`EENNOutput`."""
         n = x.shape[0]
         k_final = self.n_exits
@@ -211,7 +204,7 @@ class EENN(nn.Module):
         for stage in self.stage_list():
             if alive.numel() == 0:
                 break
-            h, logits = self._run(stage, h, min_batch)
+            h, logits = stage(h)
             if logits is None:
                 continue
             p, scores = exit_scores(logits)
@@ -314,14 +307,13 @@ def run_dataset(
     dataset: Dataset[Any],
     *,
     batch_size: int = 256,
-    min_batch: int = 2,
     device: torch.device | str = "cpu",
 ) -> RunRecord:
     """Run ``eenn`` over ``dataset`` in order, ``batch_size`` samples at a time."""
     eenn = eenn.to(device)
     parts: list[tuple[Tensor, EENNOutput]] = []
     for x, y in iter_batches(dataset, batch_size):
-        parts.append((y, eenn(x.float().to(device), min_batch=min_batch)))
+        parts.append((y, eenn(x.float().to(device))))
     if not parts:
         raise ValueError("the dataset is empty; nothing to run the EENN on")
 

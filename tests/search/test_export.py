@@ -1,0 +1,119 @@
+"""Per-stage ONNX export, manifest and the onnxruntime reference runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from evaluators.costs import path_costs
+from evaluators.eenn import METRICS, EENNConfig, ExitChoice
+from evaluators.features import pool_features
+from evaluators.tables import exit_scores
+from search._onnx_runner import numpy_scores, run_manifest
+from search.export import _MatrixPool, export_eenn, verify_runner
+from search.runtime import build_eenn, run_dataset
+from tests.search._eenn_fixture import gap_threshold, setup
+
+
+def _config() -> EENNConfig:
+    """Exits at three candidates on two devices (one exit per stage), tail on the last device."""
+    s = setup()
+    exits = tuple(ExitChoice(candidate=c, head=h,
+                             threshold=gap_threshold(s, "max_softmax", c, h, q))
+                  for c, h, q in ((0, 1, 0.8), (1, 2, 0.6), (2, 0, 0.5)))
+    return EENNConfig(exits=exits, boundaries=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, EENNConfig]:
+    s = setup()
+    config = _config()
+    eenn = build_eenn(s.model, config, candidates=s.profile.candidates, heads=s.heads.heads)
+    out = tmp_path_factory.mktemp("export")
+    result = export_eenn(eenn, out_dir=out, example=s.data["val"].tensors[0][:40],
+                         platform=s.platform, costs=s.costs, candidates=s.profile.candidates,
+                         fractions={"val": [0.25, 0.25, 0.25, 0.25]})
+    assert max(result.max_abs_diff) <= 1e-4
+    return result.manifest_path, result.manifest, config
+
+
+@pytest.mark.parametrize("shape", [(6, 10, 10), (12, 5, 5), (5, 7, 4), (4, 13), (12,), (3, 2, 2)])
+def test_matrix_pool_equals_pool_features(shape: tuple[int, ...]) -> None:
+    x = torch.randn(3, *shape)
+    torch.testing.assert_close(_MatrixPool(shape, 3)(x), pool_features(x, 3), atol=1e-6, rtol=1e-6)
+
+
+def test_numpy_scores_match_exit_scores() -> None:
+    logits = torch.randn(200, 7) * torch.linspace(0.1, 30, 200)[:, None]
+    pred, conf = exit_scores(logits)
+    for i, metric in enumerate(METRICS):
+        p, c = numpy_scores(logits.numpy(), metric)
+        np.testing.assert_array_equal(p, pred.numpy())
+        np.testing.assert_allclose(c, conf[i].numpy(), atol=2e-6)
+    with pytest.raises(ValueError, match="metric"):
+        numpy_scores(logits.numpy(), "variance")
+
+
+def test_manifest_describes_devices_links_exits_and_costs(exported: tuple[Path, dict, EENNConfig]
+                                                          ) -> None:
+    path, manifest, config = exported
+    s = setup()
+    assert json.loads(path.read_text()) == manifest
+    names = [d.name for d in s.platform.devices]
+    assert [d["name"] for d in manifest["devices"]] == names
+    # stage i runs on the device of its segment; every file listed once, and it exists
+    files = [f for d in manifest["devices"] for f in d["stages"]]
+    assert sorted(files) == sorted(st["file"] for st in manifest["stages"])
+    assert all((path.parent / f).is_file() for f in files)
+    assert [st["device"] for st in manifest["stages"]] == [0, 1, 1, 2]
+    assert all(st["max_abs_diff_vs_torch"] <= 1e-4 for st in manifest["stages"])
+    # exits with thresholds, in order
+    assert [(e["candidate"], e["head"], e["threshold"]) for e in manifest["exits"]] == [
+        (e.candidate, e.head, e.threshold) for e in config.exits]
+    assert manifest["decision"]["metric"] == "max_softmax"
+    # links carry the activation of the candidate before the boundary, at the sender's bits
+    cands = s.profile.candidates
+    for link, b in zip(manifest["links"], config.boundaries, strict=True):
+        t = link["tensor"]
+        assert t["name"] == cands[b - 1].name and t["shape"] == [-1, *cands[b - 1].shape]
+        assert t["bytes_fp32"] == 4 * int(np.prod(cands[b - 1].shape))
+        sender = s.platform.devices[names.index(link["from"])]
+        assert t["bytes_sent"] == int(np.prod(cands[b - 1].shape)) * sender.activation_bits // 8
+    paths = path_costs(config, s.costs, s.platform)
+    assert [p["macs"] for p in manifest["costs"]["paths"]] == paths.macs.tolist()
+    assert manifest["costs"]["expected"]["val"]["macs"] == pytest.approx(paths.macs.mean())
+    assert manifest["costs"]["assumes"]["activation_bits"] == {
+        d.name: d.activation_bits for d in s.platform.devices}
+
+
+def test_graphs_take_any_batch_size(exported: tuple[Path, dict, EENNConfig]) -> None:
+    path, manifest, _ = exported
+    first = manifest["stages"][0]
+    sess = ort.InferenceSession(str(path.parent / first["file"]),
+                                providers=["CPUExecutionProvider"])
+    for n in (1, 13):
+        x = np.random.default_rng(n).standard_normal((n, 2, 10, 10)).astype(np.float32)
+        outs = sess.run(first["outputs"], {first["input"]["name"]: x})
+        assert all(o.shape[0] == n for o in outs)
+
+
+def test_reference_runner_reproduces_pytorch_on_test(exported: tuple[Path, dict, EENNConfig]
+                                                     ) -> None:
+    path, _, config = exported
+    s = setup()
+    eenn = build_eenn(s.model, config, candidates=s.profile.candidates, heads=s.heads.heads)
+    x = s.data["test"].tensors[0]
+    check = verify_runner(path, eenn, x)
+    assert check["samples"] == len(x)
+    assert check["prediction_mismatches"] == check["exit_mismatches"] == 0
+    assert check["device_mismatches"] == 0 and check["max_confidence_diff"] < 1e-5
+    got = run_manifest(path, x.numpy(), batch_size=16)
+    ref = run_dataset(eenn, s.data["test"])
+    np.testing.assert_array_equal(got.exit, ref.exit)
+    np.testing.assert_array_equal(got.prediction, ref.prediction)
+    assert len(set(got.exit.tolist())) >= 3  # several exits really taken
