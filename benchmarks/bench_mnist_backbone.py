@@ -32,7 +32,8 @@ from evaluators.models.mnist_cnn import MnistCNN  # noqa: E402
 
 # the recipe recommended for conf/model/mnist_cnn.yaml (model.train)
 RECIPE = {"epochs": 8, "lr": 0.01, "batch_size": 64, "optimizer": "adamw", "weight_decay": 5e-4,
-          "schedule": "onecycle", "label_smoothing": 0.1, "augment_shift": 2, "cpu_threads": 1}  # fmt: skip
+          "schedule": "onecycle", "label_smoothing": 0.1, "augment_shift": 2,
+          "cpu_threads": 1}  # fmt: skip
 
 
 def mac_split() -> list[dict[str, object]]:
@@ -43,21 +44,30 @@ def mac_split() -> list[dict[str, object]]:
     rows = []
     for k in range(1, len(model.features) + 1):
         macs = count_macs(model.features[:k], x)
-        rows.append({"after": f"features.{k - 1}", "cumulative_macs": macs, "fraction": macs / total})
+        rows.append(
+            {"after": f"features.{k - 1}", "cumulative_macs": macs, "fraction": macs / total}
+        )
     rows.append({"after": "classifier", "cumulative_macs": total, "fraction": 1.0})
     return rows
 
 
 def run(seed: int) -> dict[str, object]:
     data_cfg = OmegaConf.load(ROOT / "conf/data/mnist5k.yaml")
-    model_cfg = {"name": "mnist_cnn", "arch": "mnist_cnn", "kwargs": {}, "checkpoint": None, "train": RECIPE}
+    model_cfg = {
+        "name": "mnist_cnn",
+        "arch": "mnist_cnn",
+        "kwargs": {},
+        "checkpoint": None,
+        "train": RECIPE,
+    }
     load = os.getloadavg()[0]
     start = time.perf_counter()
     data = load_data(data_cfg, seed=seed)
     with tempfile.TemporaryDirectory() as cache:
         _, info = get_backbone(model_cfg, data, cache_dir=Path(cache), seed=seed, device="cpu")
         meta = json.loads(info.checkpoint.with_suffix(".json").read_text())
-    return {"seed": seed, "loadavg_1min_at_start": load, "train_seconds": meta["train_seconds"],
+    return {"seed": seed, "loadavg_1min_at_start": load,
+            "train_seconds": meta["train_seconds"],
             "total_seconds": time.perf_counter() - start, "accuracy_val": info.accuracy_val,
             "accuracy_test": info.accuracy_test}  # fmt: skip
 
@@ -71,10 +81,13 @@ def main() -> None:
     for r in runs:
         print(r)
     model_yaml = ROOT / "conf/model/mnist_cnn.yaml"
-    conf_recipe = OmegaConf.to_container(OmegaConf.load(model_yaml)).get("train") if model_yaml.exists() else None  # type: ignore[union-attr]
+    conf_recipe = None
+    if model_yaml.exists():
+        conf_recipe = OmegaConf.to_container(OmegaConf.load(model_yaml)).get("train")  # type: ignore[union-attr]
     result = {
         "benchmark": "mnist_backbone",
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "torch_threads_default": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__},
         "data": {"name": "mnist5k", "train": 3000, "val": 1000, "test": 1000},
         "model": "mnist_cnn (defaults)",
         "recipe": RECIPE,
