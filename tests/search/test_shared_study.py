@@ -19,6 +19,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,26 @@ def test_study_with_other_objectives_is_refused_untouched(pg: PostgresCluster) -
     check_shared_study(storage=pg.url, study_name="fresh", objectives=["error", "energy"])
     assert optuna.load_study(study_name="fresh", storage=pg.url).metric_names == ["error",
                                                                                   "energy"]
+
+
+def test_workers_starting_together_on_a_fresh_database(pg: PostgresCluster) -> None:
+    """Racing to create Optuna's tables and the study is harmless: all succeed, one study."""
+    import psycopg2
+
+    from search.worker import check_shared_study
+
+    conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE fresh_race")
+    conn.close()
+    url = pg.url.rsplit("/", 1)[0] + "/fresh_race"
+    objectives = ["error", "macs", "energy"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(check_shared_study, storage=url, study_name="race",
+                               objectives=objectives) for _ in range(4)]
+        for f in futures:
+            f.result()
+    summaries = optuna.get_all_study_summaries(url, include_best_trial=False)
+    assert [s.study_name for s in summaries] == ["race"]
+    assert optuna.load_study(study_name="race", storage=url).metric_names == objectives
