@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -163,12 +163,27 @@ class Stage(nn.Module):
         self.exit_index = exit_index
         self.threshold = threshold
         self.final = final
+        self.threshold_f32: Tensor
+        self.register_buffer("threshold_f32",
+                             torch.tensor(threshold if threshold is not None else 0.0,
+                                          dtype=torch.float32), persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         act: Tensor = self.segment(x)
         if self.final:
             return act, act
         return act, (self.head(act) if self.head is not None else None)
+
+
+class _Left(NamedTuple):
+    """Samples leaving at one exit: their batch positions and results."""
+
+    rows: Tensor
+    prediction: Tensor
+    confidence: Tensor
+    logits: Tensor
+    exit: int
+    device: int
 
 
 class EENN(nn.Module):
@@ -189,41 +204,53 @@ class EENN(nn.Module):
         """The stages in execution order (typed)."""
         return [cast(Stage, s) for s in self.stages]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward(self, x: Tensor) -> EENNOutput:
         """Run ``x`` with true early exit; see :class:`EENNOutput`."""
         n = x.shape[0]
-        k_final = self.n_exits
-        pred = torch.zeros(n, dtype=torch.int64, device=x.device)
-        taken = torch.full((n,), k_final, dtype=torch.int64, device=x.device)
-        device = torch.zeros(n, dtype=torch.int64, device=x.device)
-        conf = torch.zeros(n, dtype=torch.float32, device=x.device)
-        out_logits: Tensor | None = None
         alive = torch.arange(n, device=x.device)
+        done: list[_Left] = []
         h = x
         for stage in self.stage_list():
-            if alive.numel() == 0:
-                break
             h, logits = stage(h)
             if logits is None:
                 continue
             p, scores = exit_scores(logits)
             c = scores[self.metric_index]
-            if out_logits is None:
-                out_logits = torch.zeros(n, logits.shape[1], dtype=torch.float32, device=x.device)
-            if stage.final:  # the backbone classifier: everyone left finishes
-                leave = torch.ones_like(c, dtype=torch.bool)
-            else:
-                leave = c >= torch.tensor(stage.threshold, dtype=torch.float32, device=c.device)
-            idx = alive[leave]
-            pred[idx], conf[idx], device[idx] = p[leave], c[leave], stage.device
-            out_logits[idx] = logits[leave].float()
-            taken[idx] = k_final if stage.final else int(stage.exit_index or 0)
-            stay = ~leave
-            alive, h = alive[stay], h[stay]
-        assert out_logits is not None
-        return EENNOutput(prediction=pred, exit=taken, device=device, confidence=conf,
-                          logits=out_logits)
+            k = self.n_exits if stage.final else int(stage.exit_index or 0)
+            if stage.final:  # the backbone classifier: everyone left finishes here
+                done.append(_Left(alive, p, c, logits, k, stage.device))
+                break
+            leave = c >= stage.threshold_f32  # float32 on both sides, as in the proxy
+            sel = leave.nonzero().squeeze(1)
+            if not len(sel):
+                continue
+            done.append(_Left(alive[sel], p[sel], c[sel], logits[sel], k, stage.device))
+            if len(sel) == len(alive):
+                break
+            keep = (~leave).nonzero().squeeze(1)
+            alive, h = alive[keep], h.index_select(0, keep)
+        return self._gather(done, n, x.device)
+
+    @staticmethod
+    def _gather(done: list[_Left], n: int, device: torch.device) -> EENNOutput:
+        """Scatter the per-exit pieces back into input order."""
+        order = torch.cat([d.rows for d in done])
+
+        def place(parts: list[Tensor]) -> Tensor:
+            vals = torch.cat(parts)
+            out = torch.empty_like(vals)
+            out[order] = vals
+            return out
+
+        def const(value: str) -> list[Tensor]:
+            return [torch.full((len(d.rows),), getattr(d, value), dtype=torch.int64,
+                               device=device) for d in done]
+
+        return EENNOutput(prediction=place([d.prediction for d in done]),
+                          exit=place(const("exit")), device=place(const("device")),
+                          confidence=place([d.confidence for d in done]),
+                          logits=place([d.logits for d in done]).float())
 
 
 def _cut_plan(config: EENNConfig, n_cand: int) -> list[int]:
