@@ -64,7 +64,8 @@ class ConstraintSpec:
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"constraints.confidence={self.confidence!r} must be in [0.5, 1)")
         if self.max_latency_s is not None and self.max_latency_s <= 0:
-            raise ValueError(f"constraints.max_latency_s={self.max_latency_s!r} must be > 0 or null")
+            raise ValueError(f"constraints.max_latency_s={self.max_latency_s!r} must be > 0 "
+                             "or null")
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> ConstraintSpec:
@@ -141,7 +142,8 @@ class ProxyScores:
 
     @property
     def accuracy(self) -> F64:
-        return (self.exit_correct.sum(axis=1) + self.final_correct) / self.n_samples
+        correct = self.exit_correct.sum(axis=1) + self.final_correct
+        return np.asarray(correct / self.n_samples, dtype=np.float64)
 
     @property
     def accuracy_drop(self) -> F64:
@@ -158,12 +160,13 @@ class ProxyScores:
 
     def objectives(self, names: Sequence[str]) -> F64:
         """(P, len(names)) objective values, all minimised."""
-        cols = {"error": lambda: 1.0 - self.accuracy, "macs": lambda: self.macs,
-                "energy": lambda: self.energy_j, "latency": lambda: self.latency_s}
-        bad = [n for n in names if n not in cols]
-        if bad or not names:
+        if not names or set(names) - set(OBJECTIVES):
             raise ValueError(f"objectives={list(names)!r}: each must be one of {OBJECTIVES}")
-        return np.stack([cols[n]() for n in names], axis=1)
+        cols: dict[str, F64] = {"macs": self.macs, "energy": self.energy_j,
+                                "latency": self.latency_s}
+        if "error" in names:
+            cols["error"] = 1.0 - self.accuracy
+        return np.stack([cols[n] for n in names], axis=1)
 
     def constraints(self, spec: ConstraintSpec) -> F64:
         """(P, len(spec.names)) violations, pymoo convention (<= 0 satisfied)."""
@@ -226,12 +229,13 @@ class ProxyEvaluator:
         self._base_rows: dict[int, int] = {}  # metric -> first table row of its grid
         blocks = [np.stack([~np.zeros_like(self._all), *(np.zeros_like(self._all),) * 3])[None]]
         n_rows = 1  # row 0: "nobody passes" (used for padding)
-        for m, g in self._grid.items():
-            self._base_rows[m] = n_rows
-            blocks.append(self._bitsets(m, np.indices(g.shape)[0].ravel(),
-                                        np.indices(g.shape)[1].ravel(), g.ravel()))
+        for mi, g in self._grid.items():
+            self._base_rows[mi] = n_rows
+            idx = np.indices(g.shape)
+            blocks.append(self._bitsets(mi, idx[0].ravel(), idx[1].ravel(), g.ravel()))
             n_rows += g.size
-        self._table = np.concatenate(blocks, axis=0)  # (rows, 4, W): ~pass, pass, pass&ok, pass&disagree
+        # (rows, 4, W): ~pass, pass, pass & correct, pass & disagrees with the backbone
+        self._table = np.concatenate(blocks, axis=0)
 
     @property
     def backbone_accuracy(self) -> float:
@@ -326,11 +330,13 @@ class ProxyEvaluator:
         n = self.n_samples
 
         def expected(cum: F64) -> F64:
-            return ((exit_n * cum[:, :n_c]).sum(axis=1) + fin_n * cum[:, n_c]) / n
+            total = (exit_n * cum[:, :n_c]).sum(axis=1) + fin_n * cum[:, n_c]
+            return np.asarray(total / n, dtype=np.float64)
 
         n_d = self.platform.n_devices
         onehot = pc.device[:, :, None] == np.arange(n_d)[None, None, :]
-        finish = (onehot[:, :n_c] * exit_n[:, :, None]).sum(axis=1) + onehot[:, n_c] * fin_n[:, None]
+        finish = ((onehot[:, :n_c] * exit_n[:, :, None]).sum(axis=1)
+                  + onehot[:, n_c] * fin_n[:, None])
         ratio = np.maximum(pc.weight_bytes / self._tables.flash, pc.peak_bytes / self._tables.ram)
         return ProxyScores(
             n_samples=n, backbone_correct=int(self._final.sum()),

@@ -16,9 +16,11 @@ devices that are not allowed, and the metric of an exit-less genome is the
 first one.
 
 Threshold grid (``thresholds.mode``): ``quantile`` (default) takes, for each
-(metric, candidate, head), the ``l/L`` quantiles (``l = 0..L-1``) of that
-head's val confidences, so level ``l`` lets about ``1 - l/L`` of val pass and
-every level is a distinct, useful exit rate whatever the head's calibration;
+(metric, candidate, head), the ``1 - (1 - l/L)^2`` quantiles (``l = 0..L-1``)
+of that head's val confidences, so level ``l`` lets about ``(1 - l/L)^2`` of
+val pass: every level is a distinct exit rate whatever the head's
+calibration, and levels are densest where few samples pass, which is where
+exits that keep the accuracy constraint live;
 ``uniform`` is a fixed grid ``linspace(low, high, L)``; ``continuous`` makes
 thresholds real genes in ``[low, high]`` (the proxy then builds bitsets per
 batch, slower).
@@ -73,7 +75,7 @@ class EarlyExitSpace:
         allowed = self.allowed_devices or tuple(range(self.n_devices))
         object.__setattr__(self, "allowed_devices", allowed)
         bad = [d for d in allowed if not 0 <= d < self.n_devices]
-        if bad or not self.metrics or not 0 <= self.max_exits:
+        if bad or not self.metrics or not self.max_exits >= 0:
             raise ValueError(f"space: devices {bad} / metrics {self.metrics} / max_exits "
                              f"{self.max_exits} invalid for a {self.n_devices}-device chain")
         ok = sorted(allowed)
@@ -111,8 +113,13 @@ class EarlyExitSpace:
         """Hashable identity of a repaired genome (for duplicate detection)."""
         return tuple(genome[v.name] for v in self.variables)
 
-    def repair(self, genome: Mapping[str, Any], rng: np.random.Generator | None = None) -> Genome:
-        """Canonical copy of ``genome`` (see module doc); ``rng`` picks exits to drop."""
+    def repair(self, genome: Mapping[str, Any], rng: np.random.Generator | None = None, *,
+               keep_inactive: bool = False) -> Genome:
+        """Canonical copy of ``genome`` (see module doc); ``rng`` picks exits to drop.
+
+        ``keep_inactive`` leaves the (rounded, clipped) genes of disabled exits as
+        they are, so an evolutionary backend keeps their information for later.
+        """
         c_n = self.n_candidates
         metric = str(genome.get("metric", self.metrics[0]))
         if metric not in self.metrics:
@@ -127,8 +134,9 @@ class EarlyExitSpace:
             active = c in on
             out[f"on{c}"] = active
             head = int(np.clip(round(float(genome[f"head{c}"])), 0, self.n_heads - 1))
-            out[f"head{c}"] = head if active else 0
-            out[f"thr{c}"] = self._canonical_threshold(genome[f"thr{c}"], metric, c, head, active)
+            out[f"head{c}"] = head if active or keep_inactive else 0
+            out[f"thr{c}"] = self._canonical_threshold(genome[f"thr{c}"], metric, c, head,
+                                                       active or keep_inactive)
         out.update(self._repair_boundaries([genome[f"b{i}"] for i in range(self.n_links)]))
         if len(self.metrics) > 1:
             out["metric"] = metric if on else self.metrics[0]
@@ -231,7 +239,7 @@ def _grid(cfg: Mapping[str, Any], val: SplitPredictions,
     if mode == "uniform":
         row = np.linspace(lo, hi, levels)
         return {m: np.broadcast_to(row, (n_c, n_h, levels)).copy() for m in metrics}
-    q = np.arange(levels) / levels
+    q = 1.0 - (1.0 - np.arange(levels) / levels) ** 2
     return {m: np.quantile(val.conf(m).astype(np.float64), q, axis=2,
                            method="inverted_cdf").transpose(1, 2, 0) for m in metrics}
 

@@ -16,17 +16,19 @@ from evaluators.predictions import SplitPredictions
 N_CLASSES = 10
 
 
-def synthetic_split(*, n: int, c: int, h: int, seed: int, final_acc: float = 0.97) -> SplitPredictions:
+def synthetic_split(*, n: int, c: int, h: int, seed: int,
+                    final_acc: float = 0.97) -> SplitPredictions:
     """A (C, H, N) prediction table; head (c, h) has accuracy ~0.45 + 0.45 (c+1)/C + 0.03 h."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, N_CLASSES, n)
     difficulty = rng.random(n)
     skill = 0.45 + 0.45 * (np.arange(c)[:, None] + 1) / c + 0.03 * np.arange(h)[None, :]
-    margin = skill[:, :, None] - difficulty[None, None, :] + 0.08 * rng.standard_normal((c, h, n))
+    margin = skill[:, :, None] - difficulty[None, None, :] + 0.25 * rng.standard_normal((c, h, n))
     correct = margin > 0
     wrong = (labels + rng.integers(1, N_CLASSES, (c, h, n))) % N_CLASSES
     pred = np.where(correct, labels[None, None, :], wrong).astype(np.int16)
-    base = 1.0 / (1.0 + np.exp(-6.0 * margin - 1.0 + 0.5 * rng.standard_normal((c, h, n))))
+    logit = 3.0 * margin + 1.5 * rng.standard_normal((c, h, n))  # confidence: a noisy witness
+    base = 1.0 / (1.0 + np.exp(-logit))
     soft = 0.1 + 0.9 * base
     conf = np.stack([soft, np.clip(soft ** 1.3 + 0.03 * rng.standard_normal(soft.shape), 0, 1),
                      np.clip(soft ** 2 + 0.03 * rng.standard_normal(soft.shape), 0, 1)])
@@ -44,7 +46,7 @@ def synthetic_costs(*, c: int, h: int, seed: int) -> BackboneCosts:
     rng = np.random.default_rng(seed)
     seg_macs = rng.integers(200_000, 2_000_000, c + 1).astype(np.int64)
     act = np.maximum(64, (20_000 * 0.8 ** np.arange(c))).astype(np.int64)
-    head_macs = (act[:, None] * N_CLASSES * (1 + 4 * np.arange(h))[None, :]).astype(np.int64)
+    head_macs = (act[:, None] * (1 + 4 * np.arange(h))[None, :]).astype(np.int64)
     return BackboneCosts(
         candidate_names=tuple(f"cand{i}" for i in range(c)),
         segment_macs=seg_macs,
@@ -60,7 +62,7 @@ def synthetic_costs(*, c: int, h: int, seed: int) -> BackboneCosts:
 
 _DEVICES = (
     Device(name="mcu", macs_per_second=5e7, energy_per_mac_j=5e-11, static_power_w=0.01,
-           ram_bytes=64_000, flash_bytes=128_000, activation_bits=8),
+           ram_bytes=64_000, flash_bytes=96_000, activation_bits=8),
     Device(name="edge", macs_per_second=2e9, energy_per_mac_j=2e-10, static_power_w=1.0,
            ram_bytes=4_000_000_000, flash_bytes=16_000_000_000, activation_bits=32),
     Device(name="cloud", macs_per_second=5e11, energy_per_mac_j=1e-10, static_power_w=50.0,

@@ -81,7 +81,8 @@ def test_grid_levels_follow_val_quantiles(val) -> None:
     assert np.all(np.diff(grid, axis=2) >= 0)
     passing = (val.conf("max_softmax")[:, :, None, :] >= grid[..., None].astype(np.float32))
     frac = passing.mean(axis=3)
-    np.testing.assert_allclose(frac, np.broadcast_to(1 - np.arange(8) / 8, frac.shape), atol=0.02)
+    expected = np.broadcast_to((1 - np.arange(8) / 8) ** 2, frac.shape)
+    np.testing.assert_allclose(frac, expected, atol=0.02)
 
 
 def test_allowed_devices_move_segments(val) -> None:
@@ -95,7 +96,8 @@ def test_allowed_devices_move_segments(val) -> None:
 def test_encode_snaps_and_rejects(val) -> None:
     space = _space(val)
     grid = space.threshold_grid["max_softmax"]
-    cfg = EENNConfig(exits=(ExitChoice(candidate=2, head=1, threshold=float(grid[2, 1, 5]) + 1e-4),),
+    near = float(grid[2, 1, 5]) + 1e-4
+    cfg = EENNConfig(exits=(ExitChoice(candidate=2, head=1, threshold=near),),
                      boundaries=(C + 1, C + 1))
     assert space.decode(space.encode(cfg)).exits[0].threshold == grid[2, 1, 5]
     too_many = EENNConfig(exits=tuple(ExitChoice(candidate=c, head=0, threshold=0.5)

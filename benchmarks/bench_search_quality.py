@@ -1,0 +1,130 @@
+"""Search quality: hypervolume of each backend's front vs the exact front of an enumerable space.
+
+Space: 5 exit candidates, 2 heads, 8 quantile threshold levels, 2 devices
+(17^5 exit settings x 7 boundaries = 9,938,999 EENNs), objectives
+[error, energy], constraints: accuracy drop <= 3 points (95% bound) and
+memory. Every EENN is scored with the proxy (array batches), the exact
+feasible Pareto front is extracted, and each backend (same budget, several
+seeds) is run through ``search.loop.run_search``. Hypervolumes (pymoo) use
+the exact front's ideal/nadir and a reference point 10% beyond its nadir.
+
+Writes results/benchmarks/search_quality.json. Run:
+``python benchmarks/bench_search_quality.py [--budget 3000] [--seeds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pymoo.indicators.hv import HV  # noqa: E402
+
+from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator  # noqa: E402
+from search.loop import run_search  # noqa: E402
+from spaces.space import build_space  # noqa: E402
+from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split  # noqa: E402
+
+C, H, LEVELS, N = 5, 2, 8, 2000
+OBJECTIVES = ("error", "energy")
+CONSTRAINTS = {"max_accuracy_drop": 0.03, "confidence": 0.95, "memory": True}
+
+
+def _front_2d(F: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points of a 2-objective set (sort and sweep)."""
+    order = np.lexsort((F[:, 1], F[:, 0]))
+    best = np.minimum.accumulate(F[order, 1])
+    keep = np.r_[True, F[order[1:], 1] < best[:-1]]
+    return order[keep]
+
+
+def exact_front(ev: ProxyEvaluator, grid: np.ndarray) -> tuple[np.ndarray, int]:
+    """Score every EENN of the space; return the exact feasible front and the space size."""
+    spec = ConstraintSpec.from_mapping(CONSTRAINTS)
+    options = [(-1, 0, 0)] + [(0, h, lv) for h in range(H) for lv in range(LEVELS)]
+    settings = np.array(list(itertools.product(range(len(options)), repeat=C)))  # (9^C, C)
+    opt = np.array(options)
+    fronts, total = [], 0
+    for b in range(C + 2):
+        for lo in range(0, len(settings), 100_000):
+            s = opt[settings[lo:lo + 100_000]]  # (P, C, 3): on(-1 = off), head, level
+            on = s[..., 0] == 0
+            order = np.argsort(~on, axis=1, kind="stable")  # active exits first, in order
+            cand = np.where(np.take_along_axis(on, order, 1), order, -1)
+            head = np.take_along_axis(s[..., 1], order, 1)
+            level = np.take_along_axis(s[..., 2], order, 1)
+            thr = grid[np.maximum(cand, 0), head, level]
+            batch = ConfigBatch(candidate=cand, head=head, threshold=thr,
+                                boundaries=np.full((len(s), 1), b), metric=np.zeros(len(s), int))
+            sc = ev.evaluate(batch)
+            F, G = sc.objectives(OBJECTIVES), sc.constraints(spec)
+            F = F[(G <= 0).all(axis=1)]
+            fronts.append(F[_front_2d(F)] if len(F) else F)
+            total += len(s)
+    allF = np.concatenate(fronts)
+    return allF[_front_2d(allF)], total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=int, default=3000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--backends", default="pymoo_nsga2,optuna_nsga2,optuna_tpe,random")
+    ap.add_argument("--out", default=str(ROOT / "results/benchmarks/search_quality.json"))
+    args = ap.parse_args()
+    val = synthetic_split(n=N, c=C, h=H, seed=0)
+    costs, platform = synthetic_costs(c=C, h=H, seed=1), synthetic_platform(2)
+    space = build_space({"max_exits": None, "thresholds": {"mode": "quantile", "levels": LEVELS}},
+                        val=val, platform=platform)
+    grid = space.threshold_grid["max_softmax"]
+    ev = ProxyEvaluator(split=val, costs=costs, platform=platform,
+                        threshold_grid=space.threshold_grid)
+    t0 = time.perf_counter()
+    front, size = exact_front(ev, grid)
+    t_exact = time.perf_counter() - t0
+    ideal, nadir = front.min(axis=0), front.max(axis=0)
+    hv = HV(ref_point=nadir + 0.1 * (nadir - ideal), ideal=ideal, nadir=nadir, zero_to_one=True)
+    exact_hv = float(hv(front))
+    runs = []
+    for backend in args.backends.split(","):
+        pop = 10 if backend == "optuna_tpe" else 100
+        for seed in range(args.seeds):
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                res = run_search(evaluator=ev, space=space, cfg_search={
+                    "backend": backend, "budget": args.budget, "population": pop, "batch": pop,
+                    "baselines": []}, objectives=OBJECTIVES, constraints=CONSTRAINTS, seed=seed,
+                    run_dir=Path(d), progress=False)
+                wall = time.perf_counter() - t
+            rows = res.records[res.records["feasible"]]
+            pts = rows[[f"obj_{o}" for o in OBJECTIVES]].to_numpy(float)
+            found = float(hv(pts)) if len(rows) else 0.0
+            runs.append({"backend": backend, "seed": seed, "evaluations": len(res.records),
+                         "hv_ratio": found / exact_hv, "wall_s": round(wall, 2)})
+            print(runs[-1], flush=True)
+    summary = {}
+    for backend in args.backends.split(","):
+        r = [x["hv_ratio"] for x in runs if x["backend"] == backend]
+        summary[backend] = {"hv_ratio_mean": float(np.mean(r)), "hv_ratio_min": float(np.min(r)),
+                            "runs": len(r)}
+    out = {"space": {"candidates": C, "heads": H, "threshold_levels": LEVELS, "devices": 2,
+                     "val_samples": N, "size": size}, "objectives": list(OBJECTIVES),
+           "constraints": CONSTRAINTS, "budget": args.budget, "exact_front_points": len(front),
+           "exact_enumeration_s": round(t_exact, 1), "exact_hv": exact_hv,
+           "summary": summary, "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The ask/tell contract every backend implements, and the factory that builds one.
+
+A backend proposes genomes of an :class:`spaces.space.EarlyExitSpace` and
+learns from their objective (``F``, minimised) and constraint (``G``, <= 0
+satisfied) values. ``history`` holds the trials a previous, interrupted run
+of the same strategy already evaluated, so a backend can continue from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from spaces.space import EarlyExitSpace, Genome
+
+__all__ = ["BACKENDS", "Backend", "History", "make_backend"]
+
+BACKENDS: tuple[str, ...] = ("pymoo_nsga2", "optuna_nsga2", "optuna_tpe", "random")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class History:
+    """Trials already evaluated by this strategy (canonical genomes, F, G)."""
+
+    genomes: list[Genome]
+    F: NDArray[np.float64]
+    G: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.genomes)
+
+
+class Backend(Protocol):
+    """Three calls, like an Optuna sampler: propose, learn, and a name for the records."""
+
+    name: str
+
+    def ask(self, n: int) -> list[Genome]:
+        """At most ``n`` genomes to evaluate next (fewer or none when the space is exhausted)."""
+        ...
+
+    def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
+             G: NDArray[np.float64]) -> None:
+        """Objective and constraint values of the genomes returned by the last ``ask``."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Generation (or batch) number of the genomes the last ``ask`` returned."""
+        ...
+
+
+def make_backend(name: str, *, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int,
+                 n_obj: int, n_constr: int, run_dir: Path, history: History) -> Backend:
+    """Build backend ``name`` with options from ``conf/search/<name>.yaml``."""
+    population = int(cfg.get("population", 50))
+    if population < 2:
+        raise ValueError(f"search.population={population!r} must be >= 2")
+    if name == "pymoo_nsga2":
+        from search.backends._pymoo import PymooNSGA2
+
+        return PymooNSGA2(space=space, cfg=cfg, seed=seed, n_obj=n_obj, n_constr=n_constr,
+                          history=history)
+    if name in ("optuna_nsga2", "optuna_tpe"):
+        from search.backends._optuna import OptunaBackend
+
+        return OptunaBackend(name=name, space=space, cfg=cfg, seed=seed, n_obj=n_obj,
+                             run_dir=run_dir, history=history)
+    if name == "random":
+        from search.backends._random import RandomSearch
+
+        return RandomSearch(space=space, batch=population, seed=seed, history=history)
+    raise ValueError(f"search.backend={name!r} is not one of {BACKENDS}")

@@ -1,0 +1,172 @@
+"""The one ask/tell loop that drives every backend, plus the reference strategies.
+
+``run_search`` runs the configured backend until its evaluation budget is
+spent, then random search at the same budget and the manual recipe
+(:mod:`search.baselines`), appending every evaluated candidate to
+trials.parquet after each batch (and on KeyboardInterrupt), then writes
+pareto.csv and chosen.yaml. Started again on the same run folder it resumes:
+trials already in trials.parquet count against each strategy's budget and are
+handed to the backend (see each backend's docstring for what it does with
+them). Same seed, same results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from evaluators.eenn import EENNConfig
+from evaluators.proxy import OBJECTIVES, ConstraintSpec, ProxyEvaluator
+from search.backends import BACKENDS, History, make_backend
+from search.baselines import manual_configs
+from search.results import (
+    TrialLog,
+    config_from_json,
+    hypervolumes,
+    scores_to_records,
+    write_results,
+)
+from spaces.space import EarlyExitSpace
+
+__all__ = ["SearchResult", "SearchSettings", "run_search"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """``conf/search/<backend>.yaml``."""
+
+    backend: str
+    budget: int
+    population: int
+    baselines: tuple[str, ...] = ("random", "manual")
+    manual_thresholds: int = 64
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> SearchSettings:
+        backend = str(cfg.get("backend", "pymoo_nsga2"))
+        if backend not in BACKENDS:
+            raise ValueError(f"search.backend={backend!r} is not one of {BACKENDS}")
+        budget = int(cfg.get("budget", 3000))
+        if budget < 1:
+            raise ValueError(f"search.budget={budget!r} must be >= 1 evaluations")
+        base = tuple(str(b) for b in (cfg.get("baselines") or ()))
+        if set(base) - {"random", "manual"}:
+            raise ValueError(f"search.baselines={list(base)!r}: use a subset of [random, manual]")
+        return cls(backend=backend, budget=budget, population=int(cfg.get("population", 50)),
+                   baselines=base, manual_thresholds=int(cfg.get("manual_thresholds", 64)))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SearchResult:
+    """Everything a run produced: all trials, the chosen point, hypervolumes."""
+
+    records: pd.DataFrame  # trials.parquet
+    strategy: str
+    objectives: tuple[str, ...]
+    constraint_names: tuple[str, ...]
+    chosen: dict[str, Any]  # chosen.yaml
+    message: str  # "" or why nothing is feasible
+    hypervolume: dict[str, float]  # per strategy, objectives scaled to [0, 1]
+    hypervolume_reference: list[float]
+
+    @property
+    def chosen_trial(self) -> int | None:
+        trial = self.chosen.get("trial")
+        return None if trial is None else int(trial)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Context:
+    evaluator: ProxyEvaluator
+    space: EarlyExitSpace
+    objectives: tuple[str, ...]
+    spec: ConstraintSpec
+    log: TrialLog
+    progress: bool
+
+    def record(self, configs: Sequence[EENNConfig], strategy: str,
+               generation: int) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluate a batch, append it to the log, flush; return (F, G)."""
+        scores = self.evaluator.evaluate(configs)
+        F, G = scores.objectives(self.objectives), scores.constraints(self.spec)
+        self.log.append(scores_to_records(
+            configs=configs, scores=scores, F=F, G=G, objectives=self.objectives,
+            constraint_names=self.spec.names, strategy=strategy, generation=generation,
+            first_trial=self.log.next_trial, confidence=self.spec.confidence))
+        self.log.flush()
+        return F, G
+
+    def history(self, strategy: str) -> History:
+        df = self.log.frame
+        rows = df[df["strategy"] == strategy] if len(df) else df
+        genomes = [self.space.encode(config_from_json(c)) for c in rows.get("config", [])]
+        F = rows[[f"obj_{o}" for o in self.objectives]].to_numpy(float) if len(rows) else None
+        G = rows[[f"cv_{c}" for c in self.spec.names]].to_numpy(float) if len(rows) else None
+        n_o, n_c = len(self.objectives), len(self.spec.names)
+        return History(genomes=genomes, F=F if F is not None else np.zeros((0, n_o)),
+                       G=G if G is not None else np.zeros((0, n_c)))
+
+
+def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, budget: int,
+           run_dir: Path) -> None:
+    """Ask/tell ``strategy``'s backend until ``budget`` trials of it are recorded."""
+    done = ctx.log.count(strategy)
+    if done >= budget:
+        return
+    backend = make_backend(strategy, space=ctx.space, cfg=cfg, seed=seed,
+                           n_obj=len(ctx.objectives), n_constr=len(ctx.spec.names),
+                           run_dir=run_dir, history=ctx.history(strategy))
+    with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
+              unit="eval", leave=False) as bar:
+        while done < budget:
+            genomes = backend.ask(budget - done)
+            if not genomes:
+                break  # the backend cannot propose anything new (space exhausted)
+            configs = [ctx.space.decode(g) for g in genomes]
+            F, G = ctx.record(configs, strategy, backend.generation)
+            backend.tell(genomes, F, G)
+            done += len(genomes)
+            bar.update(len(genomes))
+
+
+def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: Mapping[str, Any],
+               objectives: Sequence[str], constraints: Mapping[str, Any] | ConstraintSpec,
+               seed: int, run_dir: Path, test_evaluator: ProxyEvaluator | None = None,
+               progress: bool = True) -> SearchResult:
+    """Run the configured search and the reference strategies; write the run folder's results."""
+    settings = SearchSettings.from_mapping(cfg_search)
+    spec = constraints if isinstance(constraints, ConstraintSpec) else \
+        ConstraintSpec.from_mapping(constraints)
+    objectives = tuple(objectives)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(evaluator=evaluator, space=space, objectives=objectives, spec=spec,
+                   log=TrialLog(run_dir, objectives=objectives, constraint_names=spec.names),
+                   progress=progress)
+    if not objectives or set(objectives) - set(OBJECTIVES):
+        raise ValueError(f"objectives={list(objectives)!r}: each must be one of {OBJECTIVES}")
+    try:
+        _drive(ctx, strategy=settings.backend, cfg=cfg_search, seed=seed,
+               budget=settings.budget, run_dir=run_dir)
+        if "random" in settings.baselines and settings.backend != "random":
+            _drive(ctx, strategy="random", cfg=cfg_search, seed=seed + 1,
+                   budget=settings.budget, run_dir=run_dir)
+        if "manual" in settings.baselines and ctx.log.count("manual") == 0:
+            ctx.record(manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
+                                      n_thresholds=settings.manual_thresholds), "manual", 0)
+    finally:
+        ctx.log.flush()  # also on KeyboardInterrupt: nothing evaluated is lost
+    records = ctx.log.frame
+    chosen = write_results(run_dir, records=records, objectives=objectives,
+                           strategy=settings.backend, constraints=spec, evaluator=evaluator,
+                           test_evaluator=test_evaluator)
+    hv, ref = hypervolumes(records, objectives)
+    return SearchResult(records=records, strategy=settings.backend, objectives=objectives,
+                        constraint_names=spec.names, chosen=chosen, message=chosen["message"],
+                        hypervolume=hv, hypervolume_reference=ref)

@@ -1,0 +1,127 @@
+"""The ask/tell loop end to end: files, determinism, resume, interruption, infeasibility."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from evaluators.proxy import ProxyEvaluator
+from search.loop import run_search
+from spaces.space import build_space
+from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
+
+C, H = 5, 2
+CONSTRAINTS = {"max_accuracy_drop": 0.03, "confidence": 0.95, "memory": True, "max_latency_s": None}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    val = synthetic_split(n=600, c=C, h=H, seed=0)
+    test = synthetic_split(n=600, c=C, h=H, seed=7)
+    platform, costs = synthetic_platform(3), synthetic_costs(c=C, h=H, seed=1)
+    space = build_space({"max_exits": 3, "thresholds": {"levels": 8}}, val=val, platform=platform)
+    grid = space.threshold_grid
+    ev = ProxyEvaluator(split=val, costs=costs, platform=platform, threshold_grid=grid)
+    tev = ProxyEvaluator(split=test, costs=costs, platform=platform, threshold_grid=grid)
+    return space, ev, tev
+
+
+def _search(setup, run_dir, **cfg):
+    space, ev, tev = setup
+    cfg = {"backend": "pymoo_nsga2", "budget": 60, "population": 20, "manual_thresholds": 8,
+           "baselines": ["random", "manual"], **cfg}
+    return run_search(evaluator=ev, space=space, cfg_search=cfg, objectives=["error", "macs"],
+                      constraints=CONSTRAINTS, seed=0, run_dir=run_dir, test_evaluator=tev,
+                      progress=False)
+
+
+def test_writes_schema_files(setup, tmp_path) -> None:
+    res = _search(setup, tmp_path)
+    df = pd.read_parquet(tmp_path / "trials.parquet")
+    assert df.groupby("strategy").size().to_dict() == {"pymoo_nsga2": 60, "random": 60,
+                                                       "manual": 16}
+    assert list(df["trial"]) == list(range(len(df)))
+    for col in ("generation", "config", "accuracy", "error", "macs", "energy_j", "latency_s",
+                "exit_fractions", "exit_accuracy", "obj_error", "obj_macs",
+                "cv_accuracy_drop", "cv_memory", "feasible", "pareto"):
+        assert col in df.columns
+    pareto = pd.read_csv(tmp_path / "pareto.csv")
+    assert len(pareto) and set(pareto["strategy"]) == {"pymoo_nsga2"}
+    chosen = yaml.safe_load((tmp_path / "chosen.yaml").read_text())
+    assert chosen["feasible"] and chosen["trial"] == res.chosen_trial
+    feas = df[(df["strategy"] == "pymoo_nsga2") & df["feasible"]]
+    assert chosen["objectives"]["macs"] == pytest.approx(feas["obj_macs"].min())
+    assert set(chosen["test"]) == set(chosen["val"])
+    assert len(chosen["val"]["exit_fractions"]) == len(chosen["config"]["exits"]) + 1
+    assert set(res.hypervolume) == {"pymoo_nsga2", "random", "manual"}
+    assert len(res.hypervolume_reference) == 2
+
+
+def test_same_seed_same_records(setup, tmp_path) -> None:
+    a = _search(setup, tmp_path / "a").records
+    b = _search(setup, tmp_path / "b").records
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["pymoo_nsga2", "optuna_nsga2", "random"])
+def test_resume_counts_stored_trials(setup, tmp_path, backend) -> None:
+    _search(setup, tmp_path, backend=backend, budget=40, baselines=[])
+    res = _search(setup, tmp_path, backend=backend, budget=80, baselines=[])
+    df = res.records
+    assert len(df) == 80 and df["trial"].is_unique
+    if backend == "optuna_nsga2":
+        import optuna
+
+        study = optuna.load_study(study_name=backend, storage=f"sqlite:///{tmp_path}/optuna.db")
+        assert len(study.trials) == 80
+
+
+def test_interrupt_keeps_every_evaluated_trial(setup, tmp_path) -> None:
+    space, ev, tev = setup
+    calls = {"n": 0}
+
+    class Interrupting(ProxyEvaluator):
+        def evaluate(self, configs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return super().evaluate(configs)
+
+    flaky = Interrupting(split=ev.split, costs=ev.costs, platform=ev.platform,
+                         threshold_grid=space.threshold_grid)
+    with pytest.raises(KeyboardInterrupt):
+        _search((space, flaky, tev), tmp_path)
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 40  # two batches of 20
+    res = _search(setup, tmp_path)
+    assert (res.records["strategy"] == "pymoo_nsga2").sum() == 60
+
+
+def test_no_feasible_point_says_why(setup, tmp_path) -> None:
+    space, ev, _ = setup
+    res = run_search(evaluator=ev, space=space, cfg_search={"backend": "random", "budget": 20,
+                                                            "population": 10, "baselines": []},
+                     objectives=["error", "latency"], constraints={**CONSTRAINTS,
+                                                                   "max_latency_s": 1e-9},
+                     seed=0, run_dir=tmp_path, progress=False)
+    assert "no feasible point" in res.message and "violates latency by" in res.message
+    assert yaml.safe_load((tmp_path / "chosen.yaml").read_text())["feasible"] is False
+
+
+@pytest.mark.parametrize(("cfg", "match"), [
+    ({"backend": "bayes"}, "search.backend"),
+    ({"budget": 0}, "search.budget"),
+    ({"baselines": ["sdn"]}, "search.baselines"),
+])
+def test_bad_settings_are_one_line_errors(setup, tmp_path, cfg, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _search(setup, tmp_path, **cfg)
+
+
+def test_resume_with_other_objectives_is_refused(setup, tmp_path) -> None:
+    space, ev, _ = setup
+    _search(setup, tmp_path, budget=20, baselines=[])
+    with pytest.raises(ValueError, match="new run folder"):
+        run_search(evaluator=ev, space=space, cfg_search={"backend": "random", "budget": 20},
+                   objectives=["error", "energy"], constraints=CONSTRAINTS, seed=0,
+                   run_dir=tmp_path, progress=False)
