@@ -117,3 +117,21 @@ def test_reference_runner_reproduces_pytorch_on_test(exported: tuple[Path, dict,
     np.testing.assert_array_equal(got.exit, ref.exit)
     np.testing.assert_array_equal(got.prediction, ref.prediction)
     assert len(set(got.exit.tolist())) >= 3  # several exits really taken
+
+
+def test_relay_and_boundary_only_stages(tmp_path: Path) -> None:
+    """Raw input sent over the first link, a stage without a head, nothing on device 0."""
+    s = setup()
+    config = EENNConfig(exits=(ExitChoice(candidate=2, head=1, threshold=gap_threshold(
+        s, "margin", 2, 1, 0.5)),), boundaries=(0, 2), metric="margin")
+    eenn = build_eenn(s.model, config, candidates=s.profile.candidates, heads=s.heads.heads)
+    result = export_eenn(eenn, out_dir=tmp_path, example=s.data["val"].tensors[0][:16],
+                         platform=s.platform, costs=s.costs, candidates=s.profile.candidates)
+    m = result.manifest
+    assert m["devices"][0]["stages"] == []
+    assert m["links"][0]["tensor"]["name"] == "input"
+    assert m["links"][0]["tensor"]["bytes_sent"] == 2 * 10 * 10  # int8 sender
+    first = m["stages"][0]
+    assert first["logits"] is None and first["exit"] is None and first["device"] == 1
+    check = verify_runner(result.manifest_path, eenn, s.data["test"].tensors[0])
+    assert check["prediction_mismatches"] == check["exit_mismatches"] == 0
