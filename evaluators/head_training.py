@@ -176,8 +176,11 @@ def _fit(
     )
     amp = cfg.amp and _bf16_supported(device)
     steps = cfg.epochs * -(-len(fit) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
+    # OneCycleLR divides by its phase lengths: too few steps for two phases -> constant rate
+    sched: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25)
+        if steps >= 8
+        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     )
     active = sorted(heads)
     best: dict[tuple[int, int], dict[str, Tensor]] = {}

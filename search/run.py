@@ -150,8 +150,9 @@ def run(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, console: Console 
     cfg = plain(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     prepared = prepare(cfg, progress=progress)
+    # written once preparation succeeded, so a failing call never overwrites a run's config
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     table = prepared.predictions
     space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
     grid = space.threshold_grid
