@@ -7,9 +7,9 @@ what gets evaluated. Constraints are set with ``Trial.set_constraint`` (the
 user attribute ``constraints`` and ``constraints_func`` on Optuna < 5).
 
 Storage: ``search.storage`` is any SQLAlchemy URL; ``null`` means
-``sqlite:///<run_dir>/optuna.db``. The study is loaded if it exists (its
-COMPLETE trials; nothing else is ever written there), and the sampler is
-re-seeded from (seed, number of stored trials).
+``sqlite:///<run_dir>/optuna.db``. The study is loaded if it exists and the
+sampler is re-seeded from (seed, number of stored trials); see
+:class:`OptunaBackend` for how the two kinds of storage are used.
 """
 
 from __future__ import annotations
@@ -74,10 +74,12 @@ def _sampler(name: str, cfg: Mapping[str, Any], seed: int,
 class OptunaBackend:
     """One Optuna study; ``ask(n)`` opens n trials at once (a generation / a parallel batch).
 
-    The sampler runs on an in-memory copy of the study (an SQLite round trip per
-    parameter made asking ~150x slower); every told batch is copied to the
-    persistent study with ``add_trials`` (~15-35 ms per trial with SQLite), and a
-    resumed run loads it back. ``storage: ":memory:"`` skips persistence.
+    ``storage: null`` (the run's own SQLite file): the sampler runs on an
+    in-memory copy of the study (an SQLite round trip per parameter made asking
+    ~150x slower); every told batch is copied to the file with ``add_trials``
+    (~15-35 ms per trial) and a resumed run loads it back. An explicit URL is
+    used directly, Optuna's usual way, so several workers can share one study
+    (each sampler sees every worker's trials). ``":memory:"``: not persisted.
     """
 
     def __init__(self, *, name: str, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int,
@@ -86,17 +88,25 @@ class OptunaBackend:
         self._space = space
         population = int(cfg.get("population", 50))
         self._batch = int(cfg.get("batch") or population)
-        storage = cfg.get("storage") or f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
+        explicit = cfg.get("storage")
+        storage = explicit or f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler_seed = int(np.random.SeedSequence([seed, len(history)]).generate_state(1)[0])
         directions: list[StudyDirection] = [StudyDirection.MINIMIZE] * n_obj
+        sampler = _sampler(name, cfg, sampler_seed, population)
+        study_name = str(cfg.get("study_name") or name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._disk = None if storage == ":memory:" else optuna.create_study(
-                storage=str(storage), directions=directions, load_if_exists=True,
-                study_name=str(cfg.get("study_name") or name))
-            self._study = optuna.create_study(directions=directions,
-                                              sampler=_sampler(name, cfg, sampler_seed, population))
+            if explicit and explicit != ":memory:":  # shared: the sampler reads the storage
+                self._disk = None
+                self._study = optuna.create_study(storage=str(storage), directions=directions,
+                                                  load_if_exists=True, study_name=study_name,
+                                                  sampler=sampler)
+            else:
+                self._disk = None if explicit == ":memory:" else optuna.create_study(
+                    storage=str(storage), directions=directions, load_if_exists=True,
+                    study_name=study_name)
+                self._study = optuna.create_study(directions=directions, sampler=sampler)
         if self._disk is not None:
             self._study.add_trials(self._disk.get_trials(deepcopy=False,
                                                          states=(TrialState.COMPLETE,)))

@@ -125,3 +125,14 @@ def test_resume_with_other_objectives_is_refused(setup, tmp_path) -> None:
         run_search(evaluator=ev, space=space, cfg_search={"backend": "random", "budget": 20},
                    objectives=["error", "energy"], constraints=CONSTRAINTS, seed=0,
                    run_dir=tmp_path, progress=False)
+
+
+def test_explicit_storage_is_used_directly(setup, tmp_path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/shared.db"
+    for budget in (4, 8):  # the second run resumes the same study through the URL
+        _search(setup, tmp_path / "run", backend="optuna_nsga2", budget=budget, population=4,
+                baselines=[], storage=url, study_name="shared")
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert sum(t.state.is_finished() for t in study.trials) == 8
