@@ -240,8 +240,30 @@ def _grid(cfg: Mapping[str, Any], val: SplitPredictions,
         row = np.linspace(lo, hi, levels)
         return {m: np.broadcast_to(row, (n_c, n_h, levels)).copy() for m in metrics}
     q = 1.0 - (1.0 - np.arange(levels) / levels) ** 2
-    return {m: np.quantile(val.conf(m).astype(np.float64), q, axis=2,
-                           method="inverted_cdf").transpose(1, 2, 0) for m in metrics}
+    return {m: _between_samples(val.conf(m), q) for m in metrics}
+
+
+def _between_samples(conf: NDArray[np.float32], q: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(C, H, L) thresholds at the ``q`` quantiles of val confidence, moved off the samples.
+
+    A quantile threshold equals some val sample's confidence exactly, so that sample's
+    decision would hinge on the last bit of a float32 (which differs between batch sizes of
+    the same kernel). Each threshold is moved halfway down to the next lower distinct val
+    confidence: every val decision stays the same, and none sits on a knife edge.
+    """
+    ordered = np.sort(conf.astype(np.float32), axis=2)  # (C, H, N)
+    at = np.quantile(ordered.astype(np.float64), q, axis=2, method="inverted_cdf")
+    at = at.transpose(1, 2, 0).astype(np.float32)  # (C, H, L), each a sample's confidence
+    first = np.stack([np.searchsorted(row, t, side="left")
+                      for row, t in zip(ordered.reshape(-1, ordered.shape[2]),
+                                        at.reshape(-1, at.shape[2]), strict=True)])
+    first = first.reshape(at.shape)
+    below = np.take_along_axis(ordered, np.maximum(first - 1, 0), axis=2)
+    below = np.where(first > 0, below, np.minimum(np.float32(0.0), at))
+    mid = ((at.astype(np.float64) + below) / 2.0).astype(np.float32)
+    # no float32 strictly between the two: keep the sample's own value
+    mid = np.where((mid > below) & (mid < at), mid, at)
+    return mid.astype(np.float64)
 
 
 def build_space(cfg: Mapping[str, Any], *, val: SplitPredictions,

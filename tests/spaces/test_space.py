@@ -124,3 +124,21 @@ def test_sample_covers_exit_counts_and_metrics(val) -> None:
 def test_bad_options_are_one_line_errors(val, opts, match) -> None:
     with pytest.raises(ValueError, match=match):
         _space(val, **opts)
+
+
+def test_quantile_thresholds_sit_between_val_samples(val) -> None:
+    """No val confidence lies on a threshold, yet each level passes the same samples as its quantile."""
+    space = build_space({"thresholds": {"mode": "quantile", "levels": 16}}, val=val,
+                        platform=synthetic_platform(3))
+    grid = space.threshold_grid["max_softmax"]
+    conf = val.conf("max_softmax").astype(np.float32)
+    q = 1.0 - (1.0 - np.arange(16) / 16) ** 2
+    quantile = np.quantile(conf.astype(np.float64), q, axis=2,
+                           method="inverted_cdf").transpose(1, 2, 0).astype(np.float32)
+    for c in range(grid.shape[0]):
+        for h in range(grid.shape[1]):
+            for lvl in range(16):
+                thr = np.float32(grid[c, h, lvl])
+                row = conf[c, h]
+                np.testing.assert_array_equal(row >= thr, row >= quantile[c, h, lvl])
+                assert not np.any(row == thr) or thr == row.min()
