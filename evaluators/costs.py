@@ -120,8 +120,13 @@ def path_costs(config: EENNConfig, costs: BackboneCosts, platform: Platform) -> 
             h_macs = float(costs.head_macs[seg, heads_at[seg]])
             e_j, l_s = compute_cost(device, h_macs)
             macs, energy, latency = macs + h_macs, energy + e_j, latency + l_s
-            out_m.append(macs), out_e.append(energy), out_l.append(latency), out_d.append(dev_idx)
-    out_m.append(macs), out_e.append(energy), out_l.append(latency)
+            out_m.append(macs)
+            out_e.append(energy)
+            out_l.append(latency)
+            out_d.append(dev_idx)
+    out_m.append(macs)
+    out_e.append(energy)
+    out_l.append(latency)
     out_d.append(config.device_of_segment(n_cand))
     return PathCosts(
         macs=np.asarray(out_m),

@@ -48,7 +48,9 @@ class EENNConfig:
     def __post_init__(self) -> None:
         positions = [e.candidate for e in self.exits]
         if positions != sorted(set(positions)):
-            raise ValueError(f"exits must be at distinct candidates in ascending order, got {positions}")
+            raise ValueError(
+                f"exits must be at distinct candidates in ascending order, got {positions}"
+            )
         if list(self.boundaries) != sorted(self.boundaries):
             raise ValueError(f"boundaries must be non-decreasing, got {list(self.boundaries)}")
         if self.metric not in METRICS:

@@ -84,9 +84,7 @@ _LINK_FIELDS: dict[str, type] = {
 _STRICTLY_POSITIVE = {"macs_per_second", "bandwidth_bits_per_s", "ram_bytes", "flash_bytes"}
 
 
-def _figures(
-    entry: Mapping[str, Any], fields: Mapping[str, type], *, where: str
-) -> dict[str, Any]:
+def _figures(entry: Mapping[str, Any], fields: Mapping[str, type], *, where: str) -> dict[str, Any]:
     """Read and check the numeric figures of one device or link entry."""
     values: dict[str, Any] = {}
     for key, kind in fields.items():
@@ -135,6 +133,9 @@ def platform_from_config(cfg: Mapping[str, Any]) -> Platform:
     for i, entry in enumerate(raw_links):
         where = f"platform {name!r} link {entry.get('name', i)!r}"
         links.append(
-            Link(name=str(entry.get("name", f"link{i}")), **_figures(entry, _LINK_FIELDS, where=where))
+            Link(
+                name=str(entry.get("name", f"link{i}")),
+                **_figures(entry, _LINK_FIELDS, where=where),
+            )
         )
     return Platform(name=name, devices=tuple(devices), links=tuple(links))

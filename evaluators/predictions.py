@@ -34,15 +34,15 @@ class SplitPredictions:
 
     @property
     def head_correct(self) -> NDArray[np.bool_]:
-        return self.head_pred == self.labels[None, None, :]
+        return np.asarray(self.head_pred == self.labels[None, None, :], dtype=np.bool_)
 
     @property
     def final_correct(self) -> NDArray[np.bool_]:
-        return self.final_pred == self.labels
+        return np.asarray(self.final_pred == self.labels, dtype=np.bool_)
 
     def conf(self, metric: str) -> NDArray[np.float32]:
         """(C, H, N) confidences of the heads under ``metric``."""
-        return self.head_conf[METRICS.index(metric)]
+        return np.asarray(self.head_conf[METRICS.index(metric)], dtype=np.float32)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,13 +81,17 @@ def load_predictions(path: Path) -> PredictionTable:
             meta = json.loads(str(data["meta"]))
             splits = {
                 split: SplitPredictions(
-                    **{f: data[f"{split}.{f}"] for f in (
-                        "labels", "head_pred", "head_conf", "final_pred", "final_conf")}
+                    **{
+                        f: data[f"{split}.{f}"]
+                        for f in ("labels", "head_pred", "head_conf", "final_pred", "final_conf")
+                    }
                 )
                 for split in ("val", "test")
             }
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
-        raise ValueError(f"prediction table {path} is unreadable ({err}); delete it to rebuild") from err
+        raise ValueError(
+            f"prediction table {path} is unreadable ({err}); delete it to rebuild"
+        ) from err
     if meta.get("version") != _FORMAT_VERSION or tuple(meta.get("metrics", ())) != METRICS:
         raise ValueError(f"prediction table {path} has an old format; delete it to rebuild")
     return PredictionTable(

@@ -10,18 +10,26 @@ from contextlib import contextmanager
 __all__ = ["one_line_errors"]
 
 # Errors that mean "the input is wrong": their message already names the value and the fix.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError,
-                                                 KeyError, RuntimeError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    KeyError,
+    RuntimeError,
+)
 
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Print ``error: <message>`` and exit 2 for user errors (``EENN_TRACEBACK=1`` shows the trace)."""
+    """Print ``error: <message>``, exit 2 on user errors (``EENN_TRACEBACK=1``: full trace)."""
     try:
         yield
     except KeyboardInterrupt:
-        print("interrupted: everything evaluated so far is in the run folder; "
-              "start again with the same hydra.run.dir to continue", file=sys.stderr)
+        print(
+            "interrupted: everything evaluated so far is in the run folder; "
+            "start again with the same hydra.run.dir to continue",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
     except _USER_ERRORS as err:
         if os.environ.get("EENN_TRACEBACK"):

@@ -94,11 +94,12 @@ def load_run(run_dir: Path, *, progress: bool = False) -> LoadedRun:
     cfg = _read_config(run_dir)
     model_cfg = cfg.get("model") or {}
     if not model_cfg.get("checkpoint") and summary.get("backbone_checkpoint"):
-        # the run trained its backbone: reuse exactly that file, never retrain behind the user's back
+        # the run trained its backbone: reuse that very file, never retrain behind the user's back
         checkpoint = Path(str(summary["backbone_checkpoint"]))
         if not checkpoint.is_file():
-            raise ValueError(f"run {run_dir} used the backbone {checkpoint}, which is gone; restore "
-                             "it (or the run's cache_dir) or start a new run with python -m search")
+            raise ValueError(f"run {run_dir} used the backbone {checkpoint}, which is gone; "
+                             "restore it (or the run's cache_dir) or start a new run "
+                             "with python -m search")
         cfg = {**cfg, "model": {**model_cfg, "checkpoint": str(checkpoint)}}
     prepared = prepare(cfg, progress=progress)
     want, have = summary.get("weights_hash"), prepared.backbone.weights_hash

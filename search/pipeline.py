@@ -70,7 +70,9 @@ def _candidate_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     known = {"max_candidates", "min_mac_fraction", "tail_fraction", "modules"}
     unknown = set(opts) - known
     if unknown:
-        raise ValueError(f"unknown model.candidates option(s) {sorted(unknown)}; use {sorted(known)}")
+        raise ValueError(
+            f"unknown model.candidates option(s) {sorted(unknown)}; use {sorted(known)}"
+        )
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -118,6 +120,14 @@ def prepare(cfg: Mapping[str, Any] | DictConfig, *, progress: bool = True) -> Pr
     )
     costs = profile.to_backbone_costs(head_macs=macs, head_params=params, head_names=family.names)
     return Prepared(
-        data=data, model=model, backbone=info, profile=profile, store=store, family=family,
-        heads=heads, predictions=predictions, costs=costs, platform=platform,
+        data=data,
+        model=model,
+        backbone=info,
+        profile=profile,
+        store=store,
+        family=family,
+        heads=heads,
+        predictions=predictions,
+        costs=costs,
+        platform=platform,
     )

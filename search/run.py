@@ -42,12 +42,15 @@ class RunOutcome:
 
 
 def backbone_reference(prepared: Prepared) -> dict[str, float]:
-    """The backbone alone: accuracy, MACs, and energy/latency all on the first or all on the last device."""
+    """The backbone alone: accuracy, MACs, energy/latency all on the first or the last device."""
     n_links = len(prepared.platform.links)
     n_cand = prepared.costs.n_candidates
-    first = path_costs(EENNConfig(exits=(), boundaries=(n_cand + 1,) * n_links),
-                       prepared.costs, prepared.platform)
-    last = path_costs(EENNConfig(exits=(), boundaries=(0,) * n_links), prepared.costs, prepared.platform)
+    first = path_costs(
+        EENNConfig(exits=(), boundaries=(n_cand + 1,) * n_links), prepared.costs, prepared.platform
+    )
+    last = path_costs(
+        EENNConfig(exits=(), boundaries=(0,) * n_links), prepared.costs, prepared.platform
+    )
     table = prepared.predictions
     return {
         "accuracy_val": float(table.val.final_correct.mean()),
@@ -72,9 +75,16 @@ def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -
         "input_shape": list(prepared.profile.input_shape),
         "input_elems": int(prepared.costs.input_elems),
         "candidates": [
-            {"name": c.name, "index": c.index, "shape": list(c.shape), "bytes_fp32": c.bytes_fp32,
-             "bytes_int8": c.bytes_int8, "cumulative_macs": c.cumulative_macs,
-             "segment_macs": c.segment_macs, "segment_param_bytes": c.segment_param_bytes}
+            {
+                "name": c.name,
+                "index": c.index,
+                "shape": list(c.shape),
+                "bytes_fp32": c.bytes_fp32,
+                "bytes_int8": c.bytes_int8,
+                "cumulative_macs": c.cumulative_macs,
+                "segment_macs": c.segment_macs,
+                "segment_param_bytes": c.segment_param_bytes,
+            }
             for c in prepared.profile.candidates
         ],
         "tail_macs": prepared.profile.tail_macs,
@@ -119,23 +129,48 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     table.add_column("EENN", justify="right")
     table.add_column("change", justify="right")
     val, test = chosen["val"], chosen.get("test") or {}
-    table.add_row("accuracy (val)", f"{ref['accuracy_val']:.4f}", f"{val['accuracy']:.4f}",
-                  f"{100 * (val['accuracy'] - ref['accuracy_val']):+.2f} pt")
+    table.add_row(
+        "accuracy (val)",
+        f"{ref['accuracy_val']:.4f}",
+        f"{val['accuracy']:.4f}",
+        f"{100 * (val['accuracy'] - ref['accuracy_val']):+.2f} pt",
+    )
     if test:
-        table.add_row("accuracy (test)", f"{ref['accuracy_test']:.4f}", f"{test['accuracy']:.4f}",
-                      f"{100 * (test['accuracy'] - ref['accuracy_test']):+.2f} pt")
-    table.add_row("MACs / inference", f"{ref['macs']:.4g}", f"{val['macs']:.4g}",
-                  _reduction(val["macs"], ref["macs"]))
+        table.add_row(
+            "accuracy (test)",
+            f"{ref['accuracy_test']:.4f}",
+            f"{test['accuracy']:.4f}",
+            f"{100 * (test['accuracy'] - ref['accuracy_test']):+.2f} pt",
+        )
+    table.add_row(
+        "MACs / inference",
+        f"{ref['macs']:.4g}",
+        f"{val['macs']:.4g}",
+        _reduction(val["macs"], ref["macs"]),
+    )
     for where in ("first", "last"):
         name = prepared.platform.devices[0 if where == "first" else -1].name
-        table.add_row(f"energy J (backbone on {name})", f"{ref[f'energy_j_{where}']:.4g}",
-                      f"{val['energy_j']:.4g}", _reduction(val["energy_j"], ref[f"energy_j_{where}"]))
-        table.add_row(f"latency s (backbone on {name})", f"{ref[f'latency_s_{where}']:.4g}",
-                      f"{val['latency_s']:.4g}", _reduction(val["latency_s"], ref[f"latency_s_{where}"]))
+        table.add_row(
+            f"energy J (backbone on {name})",
+            f"{ref[f'energy_j_{where}']:.4g}",
+            f"{val['energy_j']:.4g}",
+            _reduction(val["energy_j"], ref[f"energy_j_{where}"]),
+        )
+        table.add_row(
+            f"latency s (backbone on {name})",
+            f"{ref[f'latency_s_{where}']:.4g}",
+            f"{val['latency_s']:.4g}",
+            _reduction(val["latency_s"], ref[f"latency_s_{where}"]),
+        )
     config = chosen["config"]
     names = [c["name"] for c in summary["candidates"]]
-    exits = ", ".join(f"{names[e['candidate']]}[{summary['heads'][e['head']]}] >= {e['threshold']:.3f}"
-                      for e in config["exits"]) or "none"
+    exits = (
+        ", ".join(
+            f"{names[e['candidate']]}[{summary['heads'][e['head']]}] >= {e['threshold']:.3f}"
+            for e in config["exits"]
+        )
+        or "none"
+    )
     shares = ", ".join(f"{100 * f:.1f}%" for f in val["exit_fractions"])
     table.add_row("exits (metric " + config["metric"] + ")", "", exits, "")
     table.add_row("exit distribution (val)", "", shares, "")
@@ -143,8 +178,13 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     return table
 
 
-def run(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, console: Console | None = None,
-        progress: bool = True) -> RunOutcome:
+def run(
+    cfg: Mapping[str, Any] | DictConfig,
+    *,
+    run_dir: Path,
+    console: Console | None = None,
+    progress: bool = True,
+) -> RunOutcome:
     """Run the experiment ``cfg`` and write its run folder ``run_dir``."""
     console = console or Console()
     cfg = plain(cfg)
@@ -156,14 +196,23 @@ def run(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, console: Console 
     table = prepared.predictions
     space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
     grid = space.threshold_grid
-    evaluator = ProxyEvaluator(split=table.val, costs=prepared.costs, platform=prepared.platform,
-                               threshold_grid=grid)
-    test_evaluator = ProxyEvaluator(split=table.test, costs=prepared.costs,
-                                    platform=prepared.platform, threshold_grid=grid)
-    result = run_search(evaluator=evaluator, space=space, cfg_search=cfg["search"],
-                        objectives=list(cfg["objectives"]), constraints=cfg["constraints"],
-                        seed=int(cfg["seed"]), run_dir=run_dir, test_evaluator=test_evaluator,
-                        progress=progress)
+    evaluator = ProxyEvaluator(
+        split=table.val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
+    )
+    test_evaluator = ProxyEvaluator(
+        split=table.test, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
+    )
+    result = run_search(
+        evaluator=evaluator,
+        space=space,
+        cfg_search=cfg["search"],
+        objectives=list(cfg["objectives"]),
+        constraints=cfg["constraints"],
+        seed=int(cfg["seed"]),
+        run_dir=run_dir,
+        test_evaluator=test_evaluator,
+        progress=progress,
+    )
     summary = _summary(prepared, result, cfg)
     (run_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=float))
     write_report(run_dir)

@@ -44,14 +44,18 @@ def build_architecture(arch: str, *, num_classes: int, **kwargs: Any) -> nn.Modu
         name = arch.split(":", 1)[1]
         if name not in list_models():
             raise ValueError(f"arch={arch!r}: torchvision has no model {name!r}")
-        return get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        model: nn.Module = get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        return model
     if arch in ARCHITECTURES:
         factory = _resolve(ARCHITECTURES[arch])
     elif ":" in arch:
         factory = _resolve(arch)
     else:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise ValueError(f"unknown model arch={arch!r}; use one of {known}, torchvision:<name> or module:Callable")
+        raise ValueError(
+            f"unknown model arch={arch!r}; use one of {known}, "
+            "torchvision:<name> or module:Callable"
+        )
     model = factory(num_classes=num_classes, **kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"arch={arch!r} returned {type(model).__name__}, not a torch.nn.Module")

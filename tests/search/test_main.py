@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -43,11 +44,17 @@ def _compose(overrides: list[str]) -> dict:
 @pytest.mark.slow
 def test_run_writes_a_complete_run_folder(tmp_path: Path, cache_dir: Path) -> None:
     cfg = _compose([*TINY, f"cache_dir={cache_dir}"])
-    out = run(cfg, run_dir=tmp_path / "run", console=Console(file=open(os.devnull, "w")),
-              progress=False)
+    out = run(cfg, run_dir=tmp_path / "run", console=Console(file=io.StringIO()), progress=False)
     run_dir = out.run_dir
-    for name in ("config.yaml", "trials.parquet", "pareto.csv", "chosen.yaml", "summary.json",
-                 "summary.txt", "report.html"):
+    for name in (
+        "config.yaml",
+        "trials.parquet",
+        "pareto.csv",
+        "chosen.yaml",
+        "summary.json",
+        "summary.txt",
+        "report.html",
+    ):
         assert (run_dir / name).is_file(), name
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert set(trials["strategy"]) == {"pymoo_nsga2", "random", "manual"}
@@ -68,7 +75,7 @@ def test_run_writes_a_complete_run_folder(tmp_path: Path, cache_dir: Path) -> No
 @pytest.mark.slow
 def test_second_run_reuses_every_cache(tmp_path: Path, cache_dir: Path) -> None:
     cfg = _compose([*TINY, f"cache_dir={cache_dir}", "search.budget=40"])
-    quiet = Console(file=open(os.devnull, "w"))
+    quiet = Console(file=io.StringIO())
     first = run(cfg, run_dir=tmp_path / "a", console=quiet, progress=False)
     second = run(cfg, run_dir=tmp_path / "b", console=quiet, progress=False)
     assert not second.prepared.backbone.trained_now
@@ -80,20 +87,35 @@ def test_second_run_reuses_every_cache(tmp_path: Path, cache_dir: Path) -> None:
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EENN_CACHE_DIR": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "search", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_cli_runs_and_bad_override_is_one_line(tmp_path: Path, cache_dir: Path) -> None:
-    done = _cli([*TINY, f"cache_dir={cache_dir}", "search.budget=40",
-                 f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    done = _cli(
+        [*TINY, f"cache_dir={cache_dir}", "search.budget=40", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "report.html").is_file()
     assert "chosen point" in done.stdout
 
-    bad = _cli([*TINY, f"cache_dir={cache_dir}", "search.backend=simulated_annealing",
-                f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
+    bad = _cli(
+        [
+            *TINY,
+            f"cache_dir={cache_dir}",
+            "search.backend=simulated_annealing",
+            f"hydra.run.dir={tmp_path / 'bad'}",
+        ],
+        tmp_path,
+    )
     assert bad.returncode == 2
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "simulated_annealing" in lines[-1]

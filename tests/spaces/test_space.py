@@ -127,7 +127,7 @@ def test_bad_options_are_one_line_errors(val, opts, match) -> None:
 
 
 def test_quantile_thresholds_sit_between_val_samples(val) -> None:
-    """No val confidence lies on a threshold, yet each level passes the same samples as its quantile."""
+    """No val confidence lies on a threshold; each level passes the same samples as its quantile."""
     space = build_space({"thresholds": {"mode": "quantile", "levels": 16}}, val=val,
                         platform=synthetic_platform(3))
     grid = space.threshold_grid["max_softmax"]
