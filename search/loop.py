@@ -121,7 +121,8 @@ def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, b
         return
     backend = make_backend(strategy, space=ctx.space, cfg=cfg, seed=seed,
                            n_obj=len(ctx.objectives), n_constr=len(ctx.spec.names),
-                           run_dir=run_dir, history=ctx.history(strategy))
+                           run_dir=run_dir, history=ctx.history(strategy),
+                           objectives=ctx.objectives)
     with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
               unit="eval", leave=False) as bar:
         while done < budget:

@@ -19,12 +19,9 @@ with other objectives, is a one-line error and nothing stored is touched.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-import time
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from search.backends._storage import check_shared_study, redacted
 from search.errors import one_line_errors
 
 __all__ = ["WorkerOutcome", "check_shared_study", "main", "work"]
@@ -50,16 +48,6 @@ class WorkerOutcome:
     worker: int
     sampler_seed: int
     n_trials: int
-
-
-def _redacted(url: str) -> str:
-    """The URL with any password replaced, for messages and worker.json."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: quote it as given
-        return url
 
 
 def _settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
@@ -79,75 +67,6 @@ def _settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
         raise ValueError("search.study_name=null: give every worker the same "
                          "search.study_name=<name>")
     return str(storage), str(name)
-
-
-def _storage(storage: str, attempts: int = 5) -> Any:
-    """Connect (creating Optuna's tables on first use); one-line errors for a bad URL.
-
-    Workers started together on a fresh database race to create the tables; the loser sees
-    a unique-key violation and simply connects again.
-    """
-    import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(storage)
-        except IntegrityError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-        except (SQLAlchemyError, ImportError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            what = "cannot be reached" if isinstance(err, OperationalError | ImportError) else \
-                "failed"
-            raise ValueError(f"search.storage={_redacted(storage)!r} {what} ({first}); start the "
-                             "database or fix the URL "
-                             "(postgresql+psycopg2://user:password@host:port/db)") from None
-    raise AssertionError("unreachable")
-
-
-def _stored_objectives(rdb: Any, study_name: str, n_obj: int) -> tuple[list[str] | None, int]:
-    """(objective names or None, number of directions) of a stored study."""
-    import optuna
-
-    for _ in range(20):  # a worker that has just created it is about to name its objectives
-        study = optuna.load_study(study_name=study_name, storage=rdb)
-        if study.metric_names is not None or len(study.directions) != n_obj:
-            break
-        time.sleep(0.05)
-    return study.metric_names, len(study.directions)
-
-
-def check_shared_study(*, storage: str, study_name: str, objectives: Sequence[str]) -> None:
-    """Create the study (objective names recorded) or check the stored one has these objectives.
-
-    Raises a one-line ``ValueError`` for an unreachable database or a study of the same name
-    created with other objectives; an existing study is only read, never changed. A stored
-    study without objective names (made by ``python -m search``) is checked by count only.
-    """
-    import optuna
-    from sqlalchemy.exc import IntegrityError
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rdb = _storage(storage)
-    objectives = list(objectives)
-    names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
-    if study_name not in names:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(storage=rdb, study_name=study_name, load_if_exists=True,
-                                        directions=["minimize"] * len(objectives))
-            if study.metric_names is None:
-                with contextlib.suppress(IntegrityError):  # another worker named them first
-                    study.set_metric_names(objectives)
-    stored, count = _stored_objectives(rdb, study_name, len(objectives))
-    if (stored is None and count != len(objectives)) or (stored is not None
-                                                         and list(stored) != objectives):
-        held = stored if stored is not None else f"{count} unnamed objectives"
-        raise ValueError(f"search.study_name={study_name!r} in {_redacted(storage)} holds "
-                         f"objectives {held}, this run has {objectives}; use the same objectives "
-                         "or another search.study_name")
 
 
 def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
@@ -179,7 +98,7 @@ def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
     outcome = WorkerOutcome(run_dir=run_dir, study_name=study_name, worker=int(worker),
                             sampler_seed=sampler_seed, n_trials=len(result.records))
     (run_dir / "worker.json").write_text(json.dumps(
-        {"study_name": study_name, "storage": _redacted(storage), "worker": int(worker),
+        {"study_name": study_name, "storage": redacted(storage), "worker": int(worker),
          "sampler_seed": sampler_seed, "n_trials": outcome.n_trials,
          "objectives": objectives, "strategy": result.strategy}, indent=2))
     return outcome

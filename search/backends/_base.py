@@ -56,8 +56,12 @@ class Backend(Protocol):
 
 
 def make_backend(name: str, *, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int,
-                 n_obj: int, n_constr: int, run_dir: Path, history: History) -> Backend:
-    """Build backend ``name`` with options from ``conf/search/<name>.yaml``."""
+                 n_obj: int, n_constr: int, run_dir: Path, history: History,
+                 objectives: Sequence[str] | None = None) -> Backend:
+    """Build backend ``name`` with options from ``conf/search/<name>.yaml``.
+
+    ``objectives`` (names) lets a stored Optuna study be checked against the run's objectives.
+    """
     population = int(cfg.get("population", 50))
     if population < 2:
         raise ValueError(f"search.population={population!r} must be >= 2")
@@ -70,7 +74,7 @@ def make_backend(name: str, *, space: EarlyExitSpace, cfg: Mapping[str, Any], se
         from search.backends._optuna import OptunaBackend
 
         return OptunaBackend(name=name, space=space, cfg=cfg, seed=seed, n_obj=n_obj,
-                             run_dir=run_dir, history=history)
+                             run_dir=run_dir, history=history, objectives=objectives)
     if name == "random":
         from search.backends._random import RandomSearch
 

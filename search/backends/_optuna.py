@@ -7,15 +7,19 @@ what gets evaluated. Constraints are set with ``Trial.set_constraint`` (the
 user attribute ``constraints`` and ``constraints_func`` on Optuna < 5).
 
 Storage: ``search.storage`` is any SQLAlchemy URL; ``null`` means
-``sqlite:///<run_dir>/optuna.db``. The study is loaded if it exists and the
-sampler is re-seeded from (seed, number of stored trials); see
-:class:`OptunaBackend` for how the two kinds of storage are used.
+``sqlite:///<run_dir>/optuna.db``. The study is created with its objective
+names or, when stored, checked against them (one-line error otherwise); see
+:class:`OptunaBackend` for how the two kinds of storage are used, how the
+sampler is seeded and how a run killed between ask and tell is made whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import warnings
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +36,13 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from search.backends._base import History
+from search.backends._storage import Heartbeat, check_shared_study, connect, heartbeat_settings
 from spaces.space import EarlyExitSpace, Genome
 
 __all__ = ["OptunaBackend"]
 
 _CONSTRAINTS_ATTR = "constraints"
+_RUN_ATTR = "eenn_run"  # [run id, index among the run's trials of this strategy]
 _HAS_SET_CONSTRAINT = hasattr(Trial, "set_constraint")
 
 
@@ -71,6 +77,29 @@ def _sampler(name: str, cfg: Mapping[str, Any], seed: int,
                                       constant_liar=True)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Optuna's experimental-API warnings and its ask-outside-optimize heartbeat note."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
+
+
+def _open(rdb: optuna.storages.RDBStorage, *, study_name: str, objectives: Sequence[str] | None,
+          n_obj: int, sampler: optuna.samplers.BaseSampler | None) -> optuna.Study:
+    """Create or load the stored study; checked by objective names when they are known."""
+    if objectives is not None:
+        check_shared_study(storage=rdb, study_name=study_name, objectives=objectives)
+    return optuna.create_study(storage=rdb, study_name=study_name, sampler=sampler,
+                               directions=[StudyDirection.MINIMIZE] * n_obj, load_if_exists=True)
+
+
+def _run_id(run_dir: Path) -> str:
+    """Names this run folder among every process sharing a study (host and absolute path)."""
+    return f"{socket.gethostname()}:{Path(run_dir).resolve()}"
+
+
 class OptunaBackend:
     """One Optuna study; ``ask(n)`` opens n trials at once (a generation / a parallel batch).
 
@@ -78,41 +107,83 @@ class OptunaBackend:
     in-memory copy of the study (an SQLite round trip per parameter made asking
     ~150x slower); every told batch is copied to the file with ``add_trials``
     (~15-35 ms per trial) and a resumed run loads it back. An explicit URL is
-    used directly, Optuna's usual way, so several workers can share one study
-    (each sampler sees every worker's trials). ``":memory:"``: not persisted.
+    used directly, Optuna's usual way, so several processes share one study and
+    every sampler sees every process's trials up to its last ask. There, asked
+    trials carry a heartbeat (``search.heartbeat_s``, default 60) and stale
+    RUNNING trials of a killed process are failed (``search.grace_s``, default
+    180) when any process starts or asks; the sampler seed mixes in the number
+    of trials already stored, so processes with the same ``seed`` started one
+    after another propose different points (processes started at the same
+    moment need different seeds: ``python -m search.worker`` mixes in
+    ``+worker``). ``":memory:"``: not persisted.
+
+    Each stored trial records its run folder and index; a run resumed from its
+    trials.parquet first adds the trials it evaluated but never told (killed
+    between the two), so the study and the run folder agree.
     """
 
     def __init__(self, *, name: str, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int,
-                 n_obj: int, run_dir: Path, history: History) -> None:
+                 n_obj: int, run_dir: Path, history: History,
+                 objectives: Sequence[str] | None = None) -> None:
         self.name = name
         self._space = space
         population = int(cfg.get("population", 50))
         self._batch = int(cfg.get("batch") or population)
         explicit = cfg.get("storage")
-        storage = explicit or f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler_seed = int(np.random.SeedSequence([seed, len(history)]).generate_state(1)[0])
-        directions: list[StudyDirection] = [StudyDirection.MINIMIZE] * n_obj
-        sampler = _sampler(name, cfg, sampler_seed, population)
         study_name = str(cfg.get("study_name") or name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        self._run = _run_id(run_dir)
+        self._offset = len(history)
+        self._heartbeat: Heartbeat | None = None
+        self._dists = _distributions(space)
+        with _quiet():
             if explicit and explicit != ":memory:":  # shared: the sampler reads the storage
+                rdb = connect(str(explicit), **dict(zip(("heartbeat_s", "grace_s"),
+                                                        heartbeat_settings(cfg), strict=True)))
+                probe = _open(rdb, study_name=study_name, objectives=objectives, n_obj=n_obj,
+                              sampler=None)
+                optuna.storages.fail_stale_trials(probe)
+                stored = len(probe.get_trials(deepcopy=False))
+                sampler = _sampler(name, cfg, _seed(seed, len(history), stored), population)
                 self._disk = None
-                self._study = optuna.create_study(storage=str(storage), directions=directions,
-                                                  load_if_exists=True, study_name=study_name,
-                                                  sampler=sampler)
+                self._study = optuna.load_study(study_name=study_name, storage=rdb,
+                                                sampler=sampler)
+                self._heartbeat = Heartbeat(rdb)
+                weakref.finalize(self, self._heartbeat.close)
+                self._store = self._study
             else:
-                self._disk = None if explicit == ":memory:" else optuna.create_study(
-                    storage=str(storage), directions=directions, load_if_exists=True,
-                    study_name=study_name)
-                self._study = optuna.create_study(directions=directions, sampler=sampler)
+                sampler = _sampler(name, cfg, _seed(seed, len(history)), population)
+                self._disk = None if explicit == ":memory:" else _open(
+                    connect(f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"),
+                    study_name=study_name, objectives=objectives, n_obj=n_obj, sampler=None)
+                self._study = optuna.create_study(directions=[StudyDirection.MINIMIZE] * n_obj,
+                                                  sampler=sampler)
+                self._store = self._disk
+            if self._store is not None:
+                self._restore(history)
         if self._disk is not None:
             self._study.add_trials(self._disk.get_trials(deepcopy=False,
                                                          states=(TrialState.COMPLETE,)))
-        self._dists = _distributions(space)
         self._pending: list[Trial] = []
         self._generation = len(history) // self._batch - 1
+
+    def _restore(self, history: History) -> None:
+        """Add to the stored study the trials of ``history`` this run evaluated but never told."""
+        assert self._store is not None
+        if not len(history):
+            return
+        stored = self._store.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if any(_RUN_ATTR not in t.user_attrs for t in stored):
+            return  # written before runs were recorded: cannot tell which trials are ours
+        told = {int(t.user_attrs[_RUN_ATTR][1]) for t in stored
+                if t.user_attrs[_RUN_ATTR][0] == self._run}
+        self._store.add_trials([self._frozen(history.genomes[i], history.F[i], history.G[i], i)
+                                for i in range(len(history)) if i not in told])
+
+    def close(self) -> None:
+        """Stop the heartbeat: trials asked and not told will be failed as stale."""
+        if self._heartbeat is not None:
+            self._heartbeat.close()
 
     @property
     def generation(self) -> int:
@@ -120,24 +191,60 @@ class OptunaBackend:
 
     def ask(self, n: int) -> list[Genome]:
         self._generation += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _quiet():
+            if self._heartbeat is not None:
+                optuna.storages.fail_stale_trials(self._study)
             self._pending = [self._study.ask(self._dists) for _ in range(min(n, self._batch))]
+        if self._heartbeat is not None:
+            self._heartbeat.hold([t._trial_id for t in self._pending])
         return [dict(t.params) for t in self._pending]
 
     def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
              G: NDArray[np.float64]) -> None:
         if len(genomes) != len(self._pending):
             raise RuntimeError("tell() must answer the genomes of the last ask()")
-        for trial, f, g in zip(self._pending, F, G, strict=True):
-            if _HAS_SET_CONSTRAINT:
-                for i, value in enumerate(g):
-                    trial.set_constraint(f"c{i}", float(value))
-            else:
-                trial.set_user_attr(_CONSTRAINTS_ATTR, [float(x) for x in g])
-            self._study.tell(trial, [float(x) for x in f])
-        told = {t.number for t in self._pending}
+        told = set()
+        for k, (trial, f, g) in enumerate(zip(self._pending, F, G, strict=True)):
+            try:
+                told.add(self._tell(trial, f, g, self._offset + k))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # failed as stale by another process (a beat came too late): keep the result
+                self._study.add_trial(self._frozen(trial.params, f, g, self._offset + k))
+        self._offset += len(self._pending)
+        if self._heartbeat is not None:
+            self._heartbeat.release()
         if self._disk is not None:
             self._disk.add_trials([t for t in self._study.get_trials(deepcopy=False)
                                    if t.number in told])
         self._pending = []
+
+    def _tell(self, trial: Trial, f: NDArray[np.float64], g: NDArray[np.float64],
+              index: int) -> int:
+        """Record constraints and run index, then tell; returns the trial number."""
+        trial.set_user_attr(_RUN_ATTR, [self._run, index])
+        if _HAS_SET_CONSTRAINT:
+            for i, value in enumerate(g):
+                trial.set_constraint(f"c{i}", float(value))
+        else:
+            trial.set_user_attr(_CONSTRAINTS_ATTR, [float(x) for x in g])
+        self._study.tell(trial, [float(x) for x in f])
+        return trial.number
+
+    def _frozen(self, params: Mapping[str, Any], f: Sequence[float], g: Sequence[float],
+                index: int) -> FrozenTrial:
+        """A COMPLETE trial for ``add_trial(s)`` with this run's index and the constraints."""
+        if _HAS_SET_CONSTRAINT:
+            system = {f"constraints:c{j}": float(x) for j, x in enumerate(g)}
+            user: dict[str, Any] = {_RUN_ATTR: [self._run, index]}
+        else:
+            system, user = {}, {_RUN_ATTR: [self._run, index],
+                                _CONSTRAINTS_ATTR: [float(x) for x in g]}
+        return optuna.trial.create_trial(params={k: params[k] for k in self._dists},
+                                         distributions=self._dists,
+                                         values=[float(x) for x in f], system_attrs=system,
+                                         user_attrs=user)
+
+
+def _seed(*parts: int) -> int:
+    """A sampler seed mixed from the run's seed and what is already done or stored."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])

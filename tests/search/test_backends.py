@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from collections import Counter
+
 import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from evaluators.proxy import ConstraintSpec, ProxyEvaluator
 from search.backends import BACKENDS, History, make_backend
@@ -92,3 +98,117 @@ def test_unknown_backend_is_one_line_error(problem, tmp_path) -> None:
     space, _ = problem
     with pytest.raises(ValueError, match=r"search\.backend='cma'"):
         _backend("cma", space, 0, tmp_path)
+
+
+# --- Optuna on an explicit (shared) storage URL: SQLite files stand in for a database server ---
+
+OBJ2 = ["error", "energy"]
+
+
+def _shared(name, space, tmp_path, run, seed=0, history=None, objectives=OBJ2, **extra):
+    cfg = {"population": 8, "storage": f"sqlite:///{tmp_path / 'shared.db'}",
+           "study_name": "s", "n_startup_trials": 8, **extra}
+    (tmp_path / run).mkdir(exist_ok=True)
+    empty = History(genomes=[], F=np.zeros((0, 2)), G=np.zeros((0, 2)))
+    return make_backend(name, space=space, cfg=cfg, seed=seed, n_obj=2, n_constr=2,
+                        run_dir=tmp_path / run, history=history or empty, objectives=objectives)
+
+
+def _evaluate(space, ev, genomes):
+    s = ev.evaluate([space.decode(g) for g in genomes])
+    return s.objectives(OBJ2), s.constraints(SPEC)
+
+
+def _study(tmp_path):
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def test_shared_storage_sees_other_processes_trials(problem, tmp_path) -> None:
+    """A sampler evolves over every process's trials, not a copy read at start."""
+    space, ev = problem
+    a = _shared("optuna_nsga2", space, tmp_path, "a")
+    b = _shared("optuna_nsga2", space, tmp_path, "b")  # opened before a told anything
+    genomes = a.ask(8)
+    a.tell(genomes, *_evaluate(space, ev, genomes))
+    b.ask(8)  # a's 8 trials are a full first generation: b breeds its children
+    generations = Counter(t.system_attrs["NSGAIISampler:generation"]
+                          for t in _study(tmp_path).get_trials(deepcopy=False))
+    assert generations == {0: 8, 1: 8}
+
+
+def test_shared_storage_mixes_stored_trials_into_the_seed(problem, tmp_path) -> None:
+    space, ev = problem
+    a = _shared("optuna_tpe", space, tmp_path, "a", seed=5)
+    first = a.ask(4)
+    a.tell(first, *_evaluate(space, ev, first))
+    second = _shared("optuna_tpe", space, tmp_path, "b", seed=5).ask(4)
+    assert [space.key(space.repair(g)) for g in first] != \
+        [space.key(space.repair(g)) for g in second]
+
+
+def test_stored_study_with_other_objectives_is_refused(problem, tmp_path) -> None:
+    space, ev = problem
+    a = _shared("optuna_nsga2", space, tmp_path, "a")
+    genomes = a.ask(8)
+    a.tell(genomes, *_evaluate(space, ev, genomes))
+    assert _study(tmp_path).metric_names == OBJ2
+    before = [(t.number, t.state, t.values) for t in _study(tmp_path).get_trials()]
+    with pytest.raises(ValueError, match=r"study_name='s' in sqlite.*holds objectives "
+                                         r"\['error', 'energy'\].*\['error', 'macs'\]"):
+        _shared("optuna_nsga2", space, tmp_path, "b", objectives=["error", "macs"])
+    assert [(t.number, t.state, t.values) for t in _study(tmp_path).get_trials()] == before
+
+
+def test_unreachable_storage_is_one_line(problem, tmp_path) -> None:
+    space, _ = problem
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = {"population": 16, "storage": f"postgresql+psycopg2://u:secret@127.0.0.1:{port}/db"}
+    empty = History(genomes=[], F=np.zeros((0, 2)), G=np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"^search\.storage=.*127\.0\.0\.1.* cannot be reached"
+                                         r".*start the database or fix the URL") as err:
+        make_backend("optuna_tpe", space=space, cfg=cfg, seed=0, n_obj=2, n_constr=2,
+                     run_dir=tmp_path, history=empty)
+    assert "\n" not in str(err.value) and "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize("storage", ["shared", "run"])
+def test_killed_between_ask_and_tell_resumes_whole(storage, problem, tmp_path) -> None:
+    """A batch evaluated (in trials.parquet) but never told is told on resume; orphans FAIL."""
+    space, ev = problem
+    extra = {"heartbeat_s": 1, "grace_s": 2}
+    if storage == "run":  # the run's own SQLite file (search.storage=null)
+        extra["storage"] = None
+    a = _shared("optuna_nsga2", space, tmp_path, "a", **extra)
+    logged, F, G = [], [], []
+    for tell in (True, False):
+        genomes = a.ask(8)
+        f, g = _evaluate(space, ev, genomes)
+        logged += [space.encode(space.decode(x)) for x in genomes]  # what trials.parquet holds
+        F.append(f)
+        G.append(g)
+        if tell:
+            a.tell(genomes, f, g)
+    a.close()  # killed: the second batch was evaluated and logged, never told; no more beats
+    history = History(genomes=logged, F=np.vstack(F), G=np.vstack(G))
+    if storage == "run":
+        _shared("optuna_nsga2", space, tmp_path, "a", history=history, **extra)
+        stored = optuna.load_study(study_name="s",
+                                   storage=f"sqlite:///{tmp_path / 'a' / 'optuna.db'}")
+        assert [t.state for t in stored.get_trials()] == [TrialState.COMPLETE] * 16
+    else:
+        time.sleep(3.2)  # past the grace period: the orphaned batch is stale
+        _shared("optuna_nsga2", space, tmp_path, "a", history=history, **extra)
+        stored = _study(tmp_path)
+        states = Counter(t.state for t in stored.get_trials())
+        assert states == {TrialState.COMPLETE: 16, TrialState.FAIL: 8}
+    done = stored.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["eenn_run"][1] for t in done) == list(range(16))
+    by_index = {t.user_attrs["eenn_run"][1]: t for t in done}
+    for i in range(16):
+        assert by_index[i].values == pytest.approx(list(history.F[i]))
+        assert list(by_index[i].constraints.values()) == pytest.approx(list(history.G[i]))
+    # resuming again adds nothing: the study and the run folder agree
+    _shared("optuna_nsga2", space, tmp_path, "a", history=history, **extra)
+    assert len(stored.get_trials(states=(TrialState.COMPLETE,))) == 16
