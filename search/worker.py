@@ -14,7 +14,11 @@ propose different points. Each told batch lands in the shared study; the worker'
 are also in its run folder (trials.parquet, pareto.csv, chosen.yaml, worker.json). The
 reference strategies (random, manual) are left to a normal ``python -m search`` run.
 Before any work the database is checked: unreachable, or holding a study of the same name
-with other objectives, is a one-line error and nothing stored is touched.
+with other objectives, is a one-line error and nothing stored is touched. A worker killed
+between ask and tell leaves its batch RUNNING; its heartbeat stops, and once
+``search.grace_s`` (default 180 s; ``search.heartbeat_s`` default 60 s) has passed the next
+worker to start or ask marks those trials FAIL. Restarted on the same run folder, a worker
+first tells the study the trials its trials.parquet holds and the study lacks.
 """
 
 from __future__ import annotations

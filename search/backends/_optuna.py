@@ -194,10 +194,23 @@ class OptunaBackend:
         with _quiet():
             if self._heartbeat is not None:
                 optuna.storages.fail_stale_trials(self._study)
-            self._pending = [self._study.ask(self._dists) for _ in range(min(n, self._batch))]
-        if self._heartbeat is not None:
-            self._heartbeat.hold([t._trial_id for t in self._pending])
+            self._pending = [self._ask() for _ in range(min(n, self._batch))]
         return [dict(t.params) for t in self._pending]
+
+    def _ask(self) -> Trial:
+        """One trial with every gene; beating (shared storage) before its genes are suggested."""
+        trial = self._study.ask()
+        if self._heartbeat is not None:
+            self._heartbeat.hold([trial._trial_id])
+        for name, dist in self._dists.items():
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                trial.suggest_int(name, dist.low, dist.high)
+            else:
+                assert isinstance(dist, FloatDistribution)
+                trial.suggest_float(name, dist.low, dist.high)
+        return trial
 
     def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
              G: NDArray[np.float64]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -105,6 +107,17 @@ def test_unknown_backend_is_one_line_error(problem, tmp_path) -> None:
 OBJ2 = ["error", "energy"]
 
 
+@pytest.fixture()
+def db_dir(tmp_path):
+    """Where the shared SQLite file lives: RAM (/dev/shm) when there is one, as commits are many."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=shm) as folder:
+        yield Path(folder)
+
+
 def _shared(name, space, tmp_path, run, seed=0, history=None, objectives=OBJ2, **extra):
     cfg = {"population": 8, "storage": f"sqlite:///{tmp_path / 'shared.db'}",
            "study_name": "s", "n_startup_trials": 8, **extra}
@@ -123,40 +136,40 @@ def _study(tmp_path):
     return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'shared.db'}")
 
 
-def test_shared_storage_sees_other_processes_trials(problem, tmp_path) -> None:
+def test_shared_storage_sees_other_processes_trials(problem, db_dir) -> None:
     """A sampler evolves over every process's trials, not a copy read at start."""
     space, ev = problem
-    a = _shared("optuna_nsga2", space, tmp_path, "a")
-    b = _shared("optuna_nsga2", space, tmp_path, "b")  # opened before a told anything
+    a = _shared("optuna_nsga2", space, db_dir, "a")
+    b = _shared("optuna_nsga2", space, db_dir, "b")  # opened before a told anything
     genomes = a.ask(8)
     a.tell(genomes, *_evaluate(space, ev, genomes))
     b.ask(8)  # a's 8 trials are a full first generation: b breeds its children
     generations = Counter(t.system_attrs["NSGAIISampler:generation"]
-                          for t in _study(tmp_path).get_trials(deepcopy=False))
+                          for t in _study(db_dir).get_trials(deepcopy=False))
     assert generations == {0: 8, 1: 8}
 
 
-def test_shared_storage_mixes_stored_trials_into_the_seed(problem, tmp_path) -> None:
+def test_shared_storage_mixes_stored_trials_into_the_seed(problem, db_dir) -> None:
     space, ev = problem
-    a = _shared("optuna_tpe", space, tmp_path, "a", seed=5)
+    a = _shared("optuna_tpe", space, db_dir, "a", seed=5)
     first = a.ask(4)
     a.tell(first, *_evaluate(space, ev, first))
-    second = _shared("optuna_tpe", space, tmp_path, "b", seed=5).ask(4)
+    second = _shared("optuna_tpe", space, db_dir, "b", seed=5).ask(4)
     assert [space.key(space.repair(g)) for g in first] != \
         [space.key(space.repair(g)) for g in second]
 
 
-def test_stored_study_with_other_objectives_is_refused(problem, tmp_path) -> None:
+def test_stored_study_with_other_objectives_is_refused(problem, db_dir) -> None:
     space, ev = problem
-    a = _shared("optuna_nsga2", space, tmp_path, "a")
+    a = _shared("optuna_nsga2", space, db_dir, "a")
     genomes = a.ask(8)
     a.tell(genomes, *_evaluate(space, ev, genomes))
-    assert _study(tmp_path).metric_names == OBJ2
-    before = [(t.number, t.state, t.values) for t in _study(tmp_path).get_trials()]
+    assert _study(db_dir).metric_names == OBJ2
+    before = [(t.number, t.state, t.values) for t in _study(db_dir).get_trials()]
     with pytest.raises(ValueError, match=r"study_name='s' in sqlite.*holds objectives "
                                          r"\['error', 'energy'\].*\['error', 'macs'\]"):
-        _shared("optuna_nsga2", space, tmp_path, "b", objectives=["error", "macs"])
-    assert [(t.number, t.state, t.values) for t in _study(tmp_path).get_trials()] == before
+        _shared("optuna_nsga2", space, db_dir, "b", objectives=["error", "macs"])
+    assert [(t.number, t.state, t.values) for t in _study(db_dir).get_trials()] == before
 
 
 def test_unreachable_storage_is_one_line(problem, tmp_path) -> None:
@@ -174,13 +187,13 @@ def test_unreachable_storage_is_one_line(problem, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("storage", ["shared", "run"])
-def test_killed_between_ask_and_tell_resumes_whole(storage, problem, tmp_path) -> None:
+def test_killed_between_ask_and_tell_resumes_whole(storage, problem, db_dir) -> None:
     """A batch evaluated (in trials.parquet) but never told is told on resume; orphans FAIL."""
     space, ev = problem
     extra = {"heartbeat_s": 1, "grace_s": 2}
     if storage == "run":  # the run's own SQLite file (search.storage=null)
         extra["storage"] = None
-    a = _shared("optuna_nsga2", space, tmp_path, "a", **extra)
+    a = _shared("optuna_nsga2", space, db_dir, "a", **extra)
     logged, F, G = [], [], []
     for tell in (True, False):
         genomes = a.ask(8)
@@ -193,14 +206,14 @@ def test_killed_between_ask_and_tell_resumes_whole(storage, problem, tmp_path) -
     a.close()  # killed: the second batch was evaluated and logged, never told; no more beats
     history = History(genomes=logged, F=np.vstack(F), G=np.vstack(G))
     if storage == "run":
-        _shared("optuna_nsga2", space, tmp_path, "a", history=history, **extra)
+        _shared("optuna_nsga2", space, db_dir, "a", history=history, **extra)
         stored = optuna.load_study(study_name="s",
-                                   storage=f"sqlite:///{tmp_path / 'a' / 'optuna.db'}")
+                                   storage=f"sqlite:///{db_dir / 'a' / 'optuna.db'}")
         assert [t.state for t in stored.get_trials()] == [TrialState.COMPLETE] * 16
     else:
         time.sleep(3.2)  # past the grace period: the orphaned batch is stale
-        _shared("optuna_nsga2", space, tmp_path, "a", history=history, **extra)
-        stored = _study(tmp_path)
+        _shared("optuna_nsga2", space, db_dir, "a", history=history, **extra)
+        stored = _study(db_dir)
         states = Counter(t.state for t in stored.get_trials())
         assert states == {TrialState.COMPLETE: 16, TrialState.FAIL: 8}
     done = stored.get_trials(states=(TrialState.COMPLETE,))
@@ -210,5 +223,5 @@ def test_killed_between_ask_and_tell_resumes_whole(storage, problem, tmp_path) -
         assert by_index[i].values == pytest.approx(list(history.F[i]))
         assert list(by_index[i].constraints.values()) == pytest.approx(list(history.G[i]))
     # resuming again adds nothing: the study and the run folder agree
-    _shared("optuna_nsga2", space, tmp_path, "a", history=history, **extra)
+    _shared("optuna_nsga2", space, db_dir, "a", history=history, **extra)
     assert len(stored.get_trials(states=(TrialState.COMPLETE,))) == 16

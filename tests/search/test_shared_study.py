@@ -4,7 +4,8 @@ A throwaway cluster (tests/search/_postgres.py) holds the study; workers are
 ``python -m search.worker`` subprocesses on the tiny default experiment. Checked: every
 trial a worker evaluated is in the database exactly once, the database's Pareto front
 (``optuna.load_study(...).best_trials``) is the front of what the workers report, a worker
-killed with SIGKILL leaves the study usable and a new worker continues it, and bad input
+killed with SIGKILL leaves at most its batch in flight RUNNING, which the next worker fails
+(heartbeat past its grace period) while continuing the study, and bad input
 (unreachable database, a study with other objectives) is a one-line error that changes
 nothing stored.
 """
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
 
 OBJ = ["obj_error", "obj_macs", "obj_energy"]
 POPULATION = 10
+GRACE_S = 2  # the new worker's grace period: a killed worker's trials are stale after it
 
 
 @pytest.fixture(scope="module")
@@ -119,30 +121,49 @@ def test_workers_share_one_study_and_survive_a_kill(tmp_path: Path, pg: Postgres
     # a worker killed in the middle of its search
     victim = _popen(_args(pg, study, 3, tmp_path / "w3", 3000), tmp_path, cache)
     deadline = time.monotonic() + 300
-    while len(_complete(pg, study)) < 60 + POPULATION:
+    while sum(t.state == TrialState.COMPLETE for t in _complete(pg, study)) < 60 + POPULATION:
         assert victim.poll() is None, victim.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the worker told nothing within 300 s"
         time.sleep(0.2)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
+    killed_at = time.monotonic()
     after_kill = _complete(pg, study)
-    assert all(t.state == TrialState.COMPLETE for t in after_kill)
-    told = _db_values(after_kill) - _db_values(trials)
+    states = Counter(t.state for t in after_kill)
+    assert set(states) <= {TrialState.COMPLETE, TrialState.RUNNING}
+    assert states[TrialState.RUNNING] <= POPULATION  # at most the batch in flight
+    orphans = {t.number for t in after_kill if t.state == TrialState.RUNNING}
+    done_after_kill = [t for t in after_kill if t.state == TrialState.COMPLETE]
+    told = _db_values(done_after_kill) - _db_values(trials)
+    assert not _db_values(trials) - _db_values(done_after_kill)  # earlier trials intact
     assert 0 < sum(told.values()) < 3000
-    if (tmp_path / "w3" / "trials.parquet").exists():  # flushed before each tell
-        logged = _values(pd.read_parquet(tmp_path / "w3" / "trials.parquet"))
-        assert not told - logged  # everything told is in the killed worker's log
-        assert sum((logged - told).values()) <= POPULATION  # at most the batch in flight
+    logged = _values(pd.read_parquet(tmp_path / "w3" / "trials.parquet"))  # flushed before tell
+    assert not told - logged  # everything told is in the killed worker's log
+    assert sum((logged - told).values()) <= POPULATION  # at most the batch in flight
 
-    # a new worker continues the same study
-    done = search_cli(_args(pg, study, 4, tmp_path / "w4", 20), cwd=tmp_path, cache=cache,
+    # a new worker continues the same study; past the grace period the orphans are failed
+    time.sleep(max(0.0, GRACE_S + 1 - (time.monotonic() - killed_at)))
+    done = search_cli([*_args(pg, study, 4, tmp_path / "w4", 20), "+search.heartbeat_s=1",
+                       f"+search.grace_s={GRACE_S}"], cwd=tmp_path, cache=cache,
                       module="search.worker")
     assert done.returncode == 0, done.stderr[-3000:]
     final = _complete(pg, study)
-    assert len(final) == len(after_kill) + 20
     assert sorted(t.number for t in final) == list(range(len(final)))
+    assert not [t for t in final if t.state == TrialState.RUNNING]
+    assert {t.number for t in final if t.state == TrialState.FAIL} == orphans
+    complete = [t for t in final if t.state == TrialState.COMPLETE]
     new = _values(pd.read_parquet(tmp_path / "w4" / "trials.parquet"))
-    assert _db_values(final) - _db_values(after_kill) == new
+    assert sum(new.values()) == 20
+    assert _db_values(complete) == _db_values(done_after_kill) + new
+    # the database's front is the front of every worker's reported (feasible) trials
+    w3 = pd.read_parquet(tmp_path / "w3" / "trials.parquet")
+    w3_told = w3[w3["feasible"].to_numpy() & np.array([tuple(map(float, r)) in told
+                                                       for r in w3[OBJ].to_numpy()])]
+    reported = pd.concat([*(pd.read_csv(tmp_path / f"w{w}" / "pareto.csv") for w in (1, 2, 4)),
+                          w3_told])
+    db_front = {tuple(float(v) for v in t.values)
+                for t in optuna.load_study(study_name=study, storage=pg.url).best_trials}
+    assert db_front and db_front == _front(reported[OBJ].to_numpy(float))
 
 
 def test_unreachable_database_is_one_line(tmp_path: Path, cache: Path) -> None:
