@@ -143,8 +143,8 @@ def test_workers_share_one_study_and_survive_a_kill(tmp_path: Path, pg: Postgres
 
     # a new worker continues the same study; past the grace period the orphans are failed
     time.sleep(max(0.0, GRACE_S + 1 - (time.monotonic() - killed_at)))
-    done = search_cli([*_args(pg, study, 4, tmp_path / "w4", 20), "+search.heartbeat_s=1",
-                       f"+search.grace_s={GRACE_S}"], cwd=tmp_path, cache=cache,
+    done = search_cli([*_args(pg, study, 4, tmp_path / "w4", 20), "search.heartbeat_s=1",
+                       f"search.grace_s={GRACE_S}"], cwd=tmp_path, cache=cache,
                       module="search.worker")
     assert done.returncode == 0, done.stderr[-3000:]
     final = _complete(pg, study)
