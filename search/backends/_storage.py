@@ -54,9 +54,10 @@ def connect(storage: str, *, heartbeat_s: int | None = None, grace_s: int | None
     """Connect (creating Optuna's tables on first use); one-line errors for a bad URL.
 
     Processes started together on a fresh database race to create the tables; the loser
-    sees a unique-key violation and simply connects again.
+    sees a unique-key violation or "relation already exists" (PostgreSQL checks the catalog
+    before the unique index) and simply connects again.
     """
-    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
     for attempt in range(attempts):
         try:
@@ -64,8 +65,9 @@ def connect(storage: str, *, heartbeat_s: int | None = None, grace_s: int | None
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_s,
                                                   grace_period=grace_s)
-        except IntegrityError:
-            if attempt == attempts - 1:
+        except (IntegrityError, ProgrammingError) as err:
+            lost_race = isinstance(err, IntegrityError) or "already exists" in str(err)
+            if not lost_race or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
         except (SQLAlchemyError, ImportError) as err:
