@@ -135,6 +135,7 @@ class OptunaBackend:
         self._run = _run_id(run_dir)
         self._offset = len(history)
         self._heartbeat: Heartbeat | None = None
+        self._store: optuna.Study | None = None  # where trials persist (None: nowhere)
         self._dists = _distributions(space)
         with _quiet():
             if explicit and explicit != ":memory:":  # shared: the sampler reads the storage
