@@ -106,8 +106,9 @@ def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -
     }
 
 
-def _reduction(new: float, old: float) -> str:
-    return f"{100.0 * (1.0 - new / old):+.1f}%" if old > 0 else "n/a"
+def _change(new: float, old: float) -> str:
+    """Relative change, signed: -90.0% means the EENN needs a tenth of the backbone's cost."""
+    return f"{100.0 * (new / old - 1.0):+.1f}%" if old > 0 else "n/a"
 
 
 def _mapping_text(config: Mapping[str, Any], prepared: Prepared) -> str:
@@ -146,7 +147,7 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
         "MACs / inference",
         f"{ref['macs']:.4g}",
         f"{val['macs']:.4g}",
-        _reduction(val["macs"], ref["macs"]),
+        _change(val["macs"], ref["macs"]),
     )
     for where in ("first", "last"):
         name = prepared.platform.devices[0 if where == "first" else -1].name
@@ -154,13 +155,13 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
             f"energy J (backbone on {name})",
             f"{ref[f'energy_j_{where}']:.4g}",
             f"{val['energy_j']:.4g}",
-            _reduction(val["energy_j"], ref[f"energy_j_{where}"]),
+            _change(val["energy_j"], ref[f"energy_j_{where}"]),
         )
         table.add_row(
             f"latency s (backbone on {name})",
             f"{ref[f'latency_s_{where}']:.4g}",
             f"{val['latency_s']:.4g}",
-            _reduction(val["latency_s"], ref[f"latency_s_{where}"]),
+            _change(val["latency_s"], ref[f"latency_s_{where}"]),
         )
     config = chosen["config"]
     names = [c["name"] for c in summary["candidates"]]
