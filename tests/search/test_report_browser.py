@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +30,7 @@ import pytest
 from PIL import Image
 
 from search.report import write_comparison, write_report
+from tests.search import _fake_run as fake
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
@@ -55,18 +54,6 @@ FLAGS = (
 )
 
 
-def _fake_run_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_report_fake_run", Path(__file__).with_name("_fake_run.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fake = _fake_run_module()
 
 
 class Browser:

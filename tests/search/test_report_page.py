@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,20 +18,8 @@ from search.report._load import load_run
 from search.report._page import selectable_trials
 from search.report._point_figures import exit_figure, mapping_figure
 from search.report._records import get_pareto_front_info, pareto_table
+from tests.search import _fake_run as fake
 
-
-def _fake_run_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_report_fake_run", Path(__file__).with_name("_fake_run.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fake = _fake_run_module()
 PLOTLY_BUNDLE = re.compile(r"plotly\.js v\d+\.\d+\.\d+")
 
 

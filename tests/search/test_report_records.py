@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,20 +19,7 @@ from search.report._records import (
     get_predicted_measured,
     hypervolume,
 )
-
-
-def _fake_run_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_report_fake_run", Path(__file__).with_name("_fake_run.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fake = _fake_run_module()
+from tests.search import _fake_run as fake
 
 # error, macs; reference (0.2, 1000). Trial 2 is dominated by 0; trial 3 is infeasible (it would
 # dominate); trial 5 belongs to the random strategy and must not count for the main front.
