@@ -36,7 +36,13 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from search.backends._base import History
-from search.backends._storage import Heartbeat, check_shared_study, connect, heartbeat_settings
+from search.backends._storage import (
+    Heartbeat,
+    check_shared_study,
+    connect,
+    fail_stale_trials,
+    heartbeat_settings,
+)
 from spaces.space import EarlyExitSpace, Genome
 
 __all__ = ["OptunaBackend"]
@@ -143,7 +149,7 @@ class OptunaBackend:
                                                         heartbeat_settings(cfg), strict=True)))
                 probe = _open(rdb, study_name=study_name, objectives=objectives, n_obj=n_obj,
                               sampler=None)
-                optuna.storages.fail_stale_trials(probe)
+                fail_stale_trials(probe)
                 stored = len(probe.get_trials(deepcopy=False))
                 sampler = _sampler(name, cfg, _seed(seed, len(history), stored), population)
                 self._disk = None
@@ -194,7 +200,7 @@ class OptunaBackend:
         self._generation += 1
         with _quiet():
             if self._heartbeat is not None:
-                optuna.storages.fail_stale_trials(self._study)
+                fail_stale_trials(self._study)
             self._pending = [self._ask() for _ in range(min(n, self._batch))]
         return [dict(t.params) for t in self._pending]
 

@@ -5,13 +5,14 @@ Used by the Optuna backend (``python -m search`` with ``search.storage=<URL>``) 
 together on a fresh database; a bad URL is a one-line error. A stored study is checked by
 objective NAMES and never modified. Trials a process has asked but not yet told get a
 heartbeat (Optuna's ``RDBStorage(heartbeat_interval=..., grace_period=...)``) from a
-background thread, so :func:`optuna.storages.fail_stale_trials` run by any process marks the
-trials of a killed one FAIL once the grace period has passed.
+background thread, so :func:`fail_stale_trials` run by any process marks the trials of a
+killed one FAIL once the grace period has passed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import threading
 import time
 import warnings
@@ -19,8 +20,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
-__all__ = ["Heartbeat", "check_shared_study", "connect", "heartbeat_settings", "redacted"]
+__all__ = [
+    "Heartbeat",
+    "check_shared_study",
+    "connect",
+    "fail_stale_trials",
+    "heartbeat_settings",
+    "redacted",
+]
 
 _URL_HINT = "postgresql+psycopg2://user:password@host:port/db"
 
@@ -159,3 +168,33 @@ class Heartbeat:
             for trial_id in ids:
                 with contextlib.suppress(Exception):  # a lost beat only risks an early FAIL
                     self._storage.record_heartbeat(trial_id)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark a dead worker's trials FAIL: Optuna's stale check plus the creation gap.
+
+    Optuna only judges trials that have a heartbeat. A worker killed between creating a trial
+    and its first beat leaves a RUNNING trial with none; since every worker here beats at
+    once, such a trial older than the grace period is an orphan too.
+    """
+    optuna.storages.fail_stale_trials(study)
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    if not isinstance(storage, optuna.storages.RDBStorage) or not storage.heartbeat_interval:
+        return
+    grace = storage.grace_period or 2 * (storage.heartbeat_interval or 60)
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if started is None or (now - started).total_seconds() <= grace:
+            continue
+        with contextlib.suppress(Exception):  # another process failed it first
+            if not _has_heartbeat(storage, trial._trial_id):
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
+def _has_heartbeat(storage: Any, trial_id: int) -> bool:
+    from optuna.storages._rdb import models
+
+    with storage.scoped_session() as session:
+        return bool(session.query(models.TrialHeartbeatModel)
+                    .filter(models.TrialHeartbeatModel.trial_id == trial_id).count())

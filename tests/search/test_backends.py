@@ -225,3 +225,25 @@ def test_killed_between_ask_and_tell_resumes_whole(storage, problem, db_dir) -> 
     # resuming again adds nothing: the study and the run folder agree
     _shared("optuna_nsga2", space, db_dir, "a", history=history, **extra)
     assert len(stored.get_trials(states=(TrialState.COMPLETE,))) == 16
+
+
+def test_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path) -> None:
+    """A worker killed between creating a trial and its first beat leaves no heartbeat behind."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.backends._storage import connect, fail_stale_trials
+
+    rdb = connect(f"sqlite:///{tmp_path / 'gap.db'}", heartbeat_s=1, grace_s=2)
+    study = optuna.create_study(storage=rdb, study_name="gap")
+    orphan = rdb.create_new_trial(study._study_id)  # RUNNING, never beaten
+    alive = rdb.create_new_trial(study._study_id)
+    fail_stale_trials(study)  # too young to judge
+    assert rdb.get_trial(orphan).state == TrialState.RUNNING
+    time.sleep(2.2)
+    rdb.record_heartbeat(alive)  # a live worker keeps beating
+    fail_stale_trials(study)
+    assert rdb.get_trial(orphan).state == TrialState.FAIL
+    assert rdb.get_trial(alive).state == TrialState.RUNNING
