@@ -53,8 +53,6 @@ class BackboneInfo:
     checkpoint: Path
     trained_now: bool
     weights_hash: str
-    accuracy_val: float
-    accuracy_test: float
 
 
 def resolve_device(device: str) -> torch.device:
@@ -247,27 +245,6 @@ def _cache_key(
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _evaluate(
-    model: nn.Module, data: DataSplits, *, whash: str, directory: Path, device: torch.device
-) -> tuple[float, float]:
-    """Val and test accuracy, cached under ``directory`` by weights hash and data fingerprint."""
-    key = hashlib.sha256(f"{whash}:{data.fingerprint}".encode()).hexdigest()[:24]
-    path = directory / f"accuracy-{key}.json"
-    try:
-        cached = json.loads(path.read_text())
-        return float(cached["accuracy_val"]), float(cached["accuracy_test"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not cached yet (or unreadable): compute it again
-    model.to(device)
-    acc = {
-        "accuracy_val": accuracy(model, data.val, device=device),
-        "accuracy_test": accuracy(model, data.test, device=device),
-    }
-    model.to("cpu")
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(acc)))
-    return acc["accuracy_val"], acc["accuracy_test"]
-
-
 def _load_cached(
     path: Path, *, arch: str, num_classes: int, kwargs: Mapping[str, Any]
 ) -> nn.Module:
@@ -356,13 +333,6 @@ def get_backbone(
             trained_now = True
     model.eval()
     _check_outputs(model, data, path)
-    whash = weights_hash(model)
-    acc_val, acc_test = _evaluate(model, data, whash=whash, directory=directory, device=dev)
-    info = BackboneInfo(
-        checkpoint=path,
-        trained_now=trained_now,
-        weights_hash=whash,
-        accuracy_val=acc_val,
-        accuracy_test=acc_test,
-    )
+    # no accuracy pass here: the feature pass computes the backbone's logits on every split
+    info = BackboneInfo(checkpoint=path, trained_now=trained_now, weights_hash=weights_hash(model))
     return model, info
