@@ -9,19 +9,28 @@ from contextlib import contextmanager
 
 __all__ = ["one_line_errors"]
 
+from evaluators._cache import CacheError
+from evaluators._training import BackboneError
+from evaluators.graph import UntraceableModelError
+
 # Errors that mean "the input is wrong": their message already names the value and the fix.
+# Other exceptions (a KeyError, a bare RuntimeError) are bugs and keep their traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
     PermissionError,
-    KeyError,
-    RuntimeError,
+    CacheError,
+    BackboneError,
+    UntraceableModelError,
 )
 
 
 @contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Print ``error: <message>``, exit 2 on user errors (``EENN_TRACEBACK=1``: full trace)."""
+def one_line_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Print ``error: <message>``, exit 2 on user errors (``EENN_TRACEBACK=1``: full trace).
+
+    ``extra`` names further error types a command raises with a one-line message.
+    """
     try:
         yield
     except KeyboardInterrupt:
@@ -31,7 +40,7 @@ def one_line_errors() -> Iterator[None]:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
-    except _USER_ERRORS as err:
+    except (*_USER_ERRORS, *extra) as err:
         if os.environ.get("EENN_TRACEBACK"):
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export/trial_<id>")
     args = parser.parse_args(argv)
     console = Console()
-    with one_line_errors():
+    with one_line_errors(ExportError):
         result, check = export_point(args.run, point=args.point, out=args.out)
         for st in result.manifest["stages"]:
             console.print(f"{st['device_name']:>16}: {st['file']}  "
