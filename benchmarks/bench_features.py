@@ -39,7 +39,8 @@ from evaluators.features import extract_features, iter_batches
 from evaluators.graph import trace
 from evaluators.hashing import hash_state_dict
 from evaluators.head_training import train_heads
-from evaluators.heads import HeadFamily, head_family_from_config
+from evaluators.heads import HeadFamily, head_costs, head_family_from_config
+from evaluators.macs import count_macs
 from evaluators.tables import build_prediction_table
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "features.json"
@@ -213,6 +214,47 @@ def _one_run(
         "table": table,
         "heads": heads,
         "cache_bytes": cache_bytes,
+        "raw_shapes": [tuple(store.raw_shapes[p]) for p in store.points],
+        "num_classes": store.num_classes,
+        "epochs_run": int(min(family.training.epochs,
+                              heads.best_epoch.max() + 1 + family.training.patience)),
+    }
+
+
+def _arithmetic_floor(
+    model: nn.Module,
+    datasets: Mapping[str, TensorDataset],
+    family: HeadFamily,
+    run: Mapping[str, Any],
+    *,
+    pool: int,
+) -> dict[str, Any]:
+    """MACs of head training against MACs of the inference pass, and the ratio they imply.
+
+    Training a head costs about 3x its forward MACs per sample (forward, and backward for
+    inputs and weights) on the fitted part of train every epoch, plus a forward pass on the
+    held-out part. The feature pass includes a whole inference pass, so at the backbone's own
+    speed per MAC the ratio can be no lower than 1 + head-training MACs / inference MACs.
+    """
+    example = datasets["train"].tensors[0][:1]
+    backbone = count_macs(model, example)
+    n_total = sum(len(d) for d in datasets.values())
+    n_train = len(datasets["train"])
+    hold = max(1, round(family.training.holdout_fraction * n_train))
+    per_sample, _ = head_costs(family, run["raw_shapes"], pool=pool,
+                               num_classes=run["num_classes"])
+    training = int(per_sample.sum()) * run["epochs_run"] * (3 * (n_train - hold) + hold)
+    inference = backbone * n_total
+    return {
+        "backbone_macs_per_sample": backbone,
+        "head_macs_per_sample_all_heads": int(per_sample.sum()),
+        "epochs_run": run["epochs_run"],
+        "inference_pass_macs": inference,
+        "head_training_macs": training,
+        "head_training_over_inference_macs": round(training / inference, 3),
+        "ratio_floor_at_backbone_speed_per_mac": round(1 + training / inference, 3),
+        "note": "head training MACs ~ 3 x forward on the fitted part + 1 x forward on the "
+        "held-out part, per epoch run; the feature pass contains a full inference pass",
     }
 
 
@@ -238,6 +280,7 @@ def _case(
         for _ in range(repeats)
     ]
     median = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
+    floor = _arithmetic_floor(model, datasets, family, median, pool=pool)
     val = median["table"].val
     head_acc = val.head_correct[len(points) - 1].mean(axis=1)
     return {
@@ -256,6 +299,7 @@ def _case(
         "ratio_target": 1.5,
         "ratios_all_runs": [r["ratio"] for r in runs],
         "cache_bytes": median["cache_bytes"],
+        "arithmetic": floor,
         "val_accuracy_backbone": float(val.final_correct.mean()),
         "val_accuracy_last_candidate": dict(zip(family.names, map(float, head_acc), strict=True)),
         "val_accuracy_best_head_last_candidate": float(head_acc.max()),
