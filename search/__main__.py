@@ -17,8 +17,10 @@ def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
     from search.run import run
+    from search.threads import apply_cpu_threads
 
     with one_line_errors():
+        apply_cpu_threads(cfg)
         run(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir))
 
 

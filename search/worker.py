@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from search.backends._storage import check_shared_study, redacted
 from search.errors import one_line_errors
+from search.threads import apply_cpu_threads
 
 __all__ = ["WorkerOutcome", "check_shared_study", "main", "work"]
 
@@ -112,6 +113,7 @@ def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``+worker=<int>`` tells the workers of one study apart."""
     with one_line_errors():
+        apply_cpu_threads(cfg)
         outcome = work(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir),
                        worker=int(cfg.get("worker", 0)))
     print(f"worker {outcome.worker}: {outcome.n_trials} trials told to study "
