@@ -1,9 +1,15 @@
 """MIT-BIH Arrhythmia beats in the five AAMI classes (N, S, V, F, Q), read with ``wfdb``.
 
 Each annotated beat becomes a ``window``-sample segment of one lead starting ``before``
-samples ahead of its R peak, standardised per beat. Beats are pooled over records, so the
-stratified splits follow the common intra-patient protocol (optimistic compared with the
-inter-patient DS1/DS2 split; restrict ``data.records`` to build that yourself).
+samples ahead of its R peak, standardised per beat. Two protocols (``data.protocol``):
+
+* ``intra_patient`` (default): beats are pooled over records and split stratified, the
+  common setting of the 187-sample beat benchmarks; optimistic, since train and test share
+  patients.
+* ``inter_patient``: de Chazal et al.'s split (IEEE TBME 51(7), 2004,
+  doi:10.1109/TBME.2004.827359): test beats come only from the 22 DS2 records, train and
+  val beats from the 22 DS1 records; the four paced records are left out. ``val_records``
+  holds whole DS1 records out for val, so that threshold calibration sees unseen patients.
 """
 
 from __future__ import annotations
@@ -17,10 +23,16 @@ import torch
 
 from evaluators.data._pool import DataError, Pool, missing_data
 
-__all__ = ["AAMI", "download", "load"]
+__all__ = ["AAMI", "DS1", "DS2", "PROTOCOLS", "download", "load"]
 
 AAMI: dict[str, str] = {"N": "NLRej", "S": "AaJS", "V": "VE", "F": "F", "Q": "/fQ"}
 _CLASS = {symbol: i for i, symbols in enumerate(AAMI.values()) for symbol in symbols}
+# de Chazal et al. 2004; the paced records 102, 104, 107 and 217 belong to neither
+DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124",
+       "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")
+DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210", "212",
+       "213", "214", "219", "221", "222", "228", "231", "232", "233", "234")
+PROTOCOLS = ("intra_patient", "inter_patient")
 
 
 def download(root: Path) -> None:
@@ -82,12 +94,15 @@ def load(cfg: dict[str, Any], *, seed: int) -> Pool:
     window, before = int(cfg.get("window", 187)), int(cfg.get("before", 90))
     if not 0 <= before < window:
         raise DataError(f"data.before={before} must lie in [0, data.window={window}); lower it")
+    records, partition = _protocol(cfg)
     parts = [
         _beats(root, r, lead=str(cfg.get("lead", "MLII")), before=before, window=window)
-        for r in _records(root, cfg.get("records"))
+        for r in _records(root, records)
     ]
     beats = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
+    groups = None if partition is None else np.concatenate(
+        [np.full(len(p[1]), partition[r]) for p, r in zip(parts, records or [], strict=True)])
     if len(labels) == 0:
         raise DataError(
             f"no AAMI-labelled beats in the records under {root}; check data.root and data.records"
@@ -97,5 +112,30 @@ def load(cfg: dict[str, Any], *, seed: int) -> Pool:
     )
     tensor = torch.from_numpy(beats.astype(np.float32)).unsqueeze(1)
     return Pool(
-        labels=labels, class_names=tuple(AAMI), read=lambda idx: tensor[torch.as_tensor(idx)]
+        labels=labels, class_names=tuple(AAMI), read=lambda idx: tensor[torch.as_tensor(idx)],
+        groups=groups,
     )
+
+
+def _protocol(cfg: dict[str, Any]) -> tuple[list[Any] | None, dict[str, str] | None]:
+    """The records to read and, for the inter-patient protocol, the partition of each."""
+    protocol = str(cfg.get("protocol") or "intra_patient")
+    if protocol not in PROTOCOLS:
+        raise DataError(f"data.protocol={protocol!r} is unknown; use one of {list(PROTOCOLS)}")
+    val_records = [str(r) for r in cfg.get("val_records") or []]
+    if protocol == "intra_patient":
+        if val_records:
+            raise DataError("data.val_records needs data.protocol=inter_patient; drop it or "
+                            "switch the protocol")
+        return cfg.get("records"), None
+    if cfg.get("records"):
+        raise DataError("data.records and data.protocol=inter_patient both choose records; "
+                        "set data.records=null (the protocol reads DS1 and DS2)")
+    stray = sorted(set(val_records) - set(DS1))
+    if stray:
+        raise DataError(f"data.val_records={stray} are not DS1 records; choose from {list(DS1)}")
+    if len(val_records) == len(DS1):
+        raise DataError("data.val_records holds out every DS1 record; leave some for train")
+    partition = {r: "val" if r in val_records else ("fit" if not val_records else "train")
+                 for r in DS1}
+    return [*DS1, *DS2], {**partition, **dict.fromkeys(DS2, "test")}

@@ -9,6 +9,10 @@ import numpy as np
 __all__ = ["SPLITS", "SplitError", "stratified_split"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# the groups each split may draw from (see stratified_split)
+_OPEN: dict[str, tuple[str, ...]] = {
+    "train": ("train", "fit"), "val": ("val", "fit"), "test": ("test",)
+}
 
 
 class SplitError(ValueError):
@@ -35,15 +39,16 @@ def stratified_split(
 
     ``sizes[name]`` is a sample count, or ``None`` for every sample still available. With
     ``groups`` (an array of split names per sample, e.g. a dataset's official partition) a
-    split only draws from the samples of its own group. Each returned index array is in a
-    seeded random order, so taking a prefix of it is still a fair sample.
+    split only draws from the samples of its own group; samples of group ``fit`` are open to
+    train and then val (an official partition with only a test part). Each returned index
+    array is in a seeded random order, so taking a prefix of it is still a fair sample.
     """
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     available = np.ones(len(labels), dtype=bool)
     out: dict[str, np.ndarray] = {}
     for name in SPLITS:
-        mask = available if groups is None else available & (groups == name)
+        mask = available if groups is None else available & np.isin(groups, _OPEN[name])
         pool = np.flatnonzero(mask)
         size = sizes.get(name)
         size = len(pool) if size is None else int(size)

@@ -207,3 +207,34 @@ def test_generic_loader_instantiates_target() -> None:
     assert data.input_shape == (1, 8, 8) and data.num_classes == 3 and len(data.test) == 10
     with pytest.raises(DataError, match=r"data\.dataset\._target_"):
         load_data({"loader": "generic", "dataset": {"_target_": "???"}}, seed=0)
+
+
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # pandas deprecations inside wfdb
+def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> None:
+    from evaluators.data._mitbih import DS1, DS2
+    from tests.search._datasets import write_mitbih
+
+    beats = 10
+    write_mitbih(tmp_path, records=(*DS1, *DS2, "102"), beats=beats)  # 102 is paced: unused
+    cfg = {"name": "mitbih", "loader": "mitbih", "root": str(tmp_path),
+           "protocol": "inter_patient",
+           "splits": {"train": beats * len(DS1) - 20, "val": None, "test": None}}
+    data = load_data(cfg, seed=0)
+    # train and val share the DS1 beats, test takes every DS2 beat and nothing else
+    assert (len(data.train), len(data.val), len(data.test)) == (
+        beats * len(DS1) - 20, 20, beats * len(DS2))
+    held = {**cfg, "val_records": ["118", "208"], "splits": {"train": None, "val": None,
+                                                              "test": None}}
+    data = load_data(held, seed=0)
+    assert (len(data.train), len(data.val), len(data.test)) == (
+        beats * (len(DS1) - 2), beats * 2, beats * len(DS2))
+    for bad, match in (({"protocol": "leave_one_out"}, "data.protocol='leave_one_out'"),
+                       ({"records": ["100"]}, "data.records and data.protocol=inter_patient"),
+                       ({"val_records": ["100"]}, r"data.val_records=\['100'\] are not DS1"),
+                       ({"protocol": "intra_patient", "val_records": ["118"]},
+                        "needs data.protocol=inter_patient")):
+        with pytest.raises(DataError, match=match):
+            load_data({**cfg, **bad}, seed=0)
+    (tmp_path / "234.hea").unlink()
+    with pytest.raises(DataError, match=r"234\.hea"):
+        load_data(cfg, seed=0)
