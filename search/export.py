@@ -1,6 +1,6 @@
 """Per-device ONNX export of a real EENN, a deployment manifest, and its check.
 
-``python -m search.export RUN [--point chosen|TRIAL] [--out DIR]``
+``python -m search.export RUN [--point chosen|TRIAL] [--out DIR] [--int8]``
 
 Every :class:`search.runtime.Stage` (one backbone segment and, if an exit sits
 at its end, that exit's head) becomes one ONNX graph; the manifest lists them
@@ -11,7 +11,8 @@ itself stays outside the graphs (a graph outputs its head's logits and the
 activation to pass on); :mod:`search._onnx_runner` implements it in numpy.
 Each graph is checked with onnxruntime against PyTorch on real inputs
 (max abs diff <= 1e-4, fp32); the runner then replays the EENN on test and must
-reproduce the PyTorch predictions and exits.
+reproduce the PyTorch predictions and exits. ``--int8`` adds int8 graphs for the
+stages on int8 devices and ``manifest_int8.json`` (see :mod:`search._quantize`).
 
 Heads pool their input with ``adaptive_avg_pool``, which the TorchScript ONNX
 exporter only supports for divisible sizes; the exported head pools with two
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from evaluators.costs import BackboneCosts, device_memory, path_costs
@@ -38,6 +40,7 @@ from evaluators.features import iter_batches, pooled_shape
 from evaluators.heads import ExitHead
 from evaluators.platform import Platform
 from search._onnx_runner import RunnerOutput, run_manifest
+from search._quantize import MANIFEST_INT8, agreement, quantize_manifest
 from search.runtime import EENN, Stage
 from spaces.candidates import ExitCandidate
 
@@ -332,10 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
     parser.add_argument("--point", default="chosen", help="chosen (default) or a trial id")
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export/trial_<id>")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write int8 graphs for the int8 devices and manifest_int8.json")
     args = parser.parse_args(argv)
     console = Console()
     with one_line_errors(ExportError):
-        result, check = export_point(args.run, point=args.point, out=args.out)
+        result, check = export_point(args.run, point=args.point, out=args.out, int8=args.int8)
         for st in result.manifest["stages"]:
             console.print(f"{st['device_name']:>16}: {st['file']}  "
                           f"(onnxruntime vs torch max |diff| {st['max_abs_diff_vs_torch']:.2g})")
@@ -343,13 +348,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{check['prediction_mismatches']} prediction and "
                       f"{check['exit_mismatches']} exit mismatches vs PyTorch")
         console.print(f"manifest: {result.manifest_path}")
+        if args.int8:
+            q = json.loads((result.out_dir / MANIFEST_INT8).read_text())["verification_test"]
+            console.print(f"int8 ({result.out_dir / MANIFEST_INT8}): test accuracy "
+                          f"{q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f} float32; "
+                          f"same prediction {q['prediction_agreement']:.1%}, same exit "
+                          f"{q['exit_agreement']:.1%}")
         return 0 if check["prediction_mismatches"] == check["exit_mismatches"] == 0 else 1
     return 2
 
 
-def export_point(run_dir: Path, *, point: str = "chosen",
-                 out: Path | None = None) -> tuple[ExportResult, dict[str, Any]]:
-    """Export one trial of a run folder and check the reference runner on its test split."""
+def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = None,
+                 int8: bool = False) -> tuple[ExportResult, dict[str, Any]]:
+    """Export one trial of a run folder and check the reference runner on its test split.
+
+    ``int8`` also quantises the stages of int8 devices (calibrated on val) into
+    ``manifest_int8.json`` and records its agreement with the float32 export on test.
+    """
     from search.evaluate import load_run, select_trials
     from search.results import config_from_json
     from search.runtime import build_eenn
@@ -376,11 +391,25 @@ def export_point(run_dir: Path, *, point: str = "chosen",
         candidates=prep.profile.candidates,
         fractions={"val": json.loads(str(row["exit_fractions"])), "test": test_frac},
     )
-    check = verify_runner(result.manifest_path, eenn, _stack(prep.data.test))
+    x_test = _stack(prep.data.test)
+    check = verify_runner(result.manifest_path, eenn, x_test)
     manifest = {**result.manifest, "trial": trial, "verification_test": check}
     result.manifest_path.write_text(json.dumps(manifest, indent=2))
+    if int8:
+        _int8(result.manifest_path, calibration=_stack(prep.data.val)[:512].numpy(),
+              x=x_test.numpy(),
+              labels=torch.cat([y for _, y in iter_batches(prep.data.test, 1024)]).numpy())
     return ExportResult(out_dir=result.out_dir, manifest_path=result.manifest_path,
                         manifest=manifest, max_abs_diff=result.max_abs_diff), check
+
+
+def _int8(manifest_path: Path, *, calibration: NDArray[np.float32], x: NDArray[np.float32],
+          labels: NDArray[Any]) -> None:
+    """Write manifest_int8.json with its agreement with the float32 export on ``x``."""
+    path = quantize_manifest(manifest_path, calibration)
+    manifest = json.loads(path.read_text())
+    manifest["verification_test"] = agreement(path, manifest_path, x, labels)
+    path.write_text(json.dumps(manifest, indent=2))
 
 
 if __name__ == "__main__":

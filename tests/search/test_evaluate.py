@@ -140,12 +140,16 @@ def test_points_run_for_real_as_the_proxy_predicted(tiny_run: Path) -> None:
 @pytest.mark.slow
 def test_chosen_point_exports_and_replays(tiny_run: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    assert export_main([str(tiny_run), "--out", str(tmp_path / "x")]) == 0
+    assert export_main([str(tiny_run), "--out", str(tmp_path / "x"), "--int8"]) == 0
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     check = manifest["verification_test"]
     assert check["samples"] == 200 and check["prediction_mismatches"] == 0
     assert all(st["max_abs_diff_vs_torch"] <= 1e-4 for st in manifest["stages"])
-    assert "manifest:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "manifest:" in out and "same prediction" in out
+    int8 = json.loads((tmp_path / "x" / "manifest_int8.json").read_text())
+    assert int8["verification_test"]["samples"] == 200
+    assert {st["precision"] for st in int8["stages"]} <= {"int8", "float32"}
     assert "not in trials" in _cli_error(capsys, [str(tiny_run), "--point", "999999"], export_main)
 
 

@@ -135,3 +135,35 @@ def test_relay_and_boundary_only_stages(tmp_path: Path) -> None:
     assert first["logits"] is None and first["exit"] is None and first["device"] == 1
     check = verify_runner(result.manifest_path, eenn, s.data["test"].tensors[0])
     assert check["prediction_mismatches"] == check["exit_mismatches"] == 0
+
+
+def test_int8_export_quantises_the_int8_devices_only(exported: tuple[Path, dict, EENNConfig]
+                                                     ) -> None:
+    import onnx
+
+    from search._quantize import agreement, quantize_manifest
+
+    path, manifest, _ = exported
+    s = setup()
+    q_path = quantize_manifest(path, s.data["val"].tensors[0].numpy())
+    q = json.loads(q_path.read_text())
+    bits = {d["index"]: d["activation_bits"] for d in manifest["devices"]}
+    assert {bits[st["device"]] for st in q["stages"]} >= {8, 32}  # both kinds are present
+    for st, fp in zip(q["stages"], manifest["stages"], strict=True):
+        ops = {n.op_type for n in onnx.load(str(path.parent / st["file"])).graph.node}
+        if bits[st["device"]] == 8:
+            assert st["precision"] == "int8" and st["file"].endswith(".int8.onnx")
+            assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+            assert st["calibration_samples"] == len(s.data["val"])
+        else:
+            assert st["precision"] == "float32" and st["file"] == fp["file"]
+            assert "QuantizeLinear" not in ops
+    assert "int8 graphs" in q["costs"]["assumes"]["precision"]
+    assert q["devices"][0]["stages"] == [st["file"] for st in q["stages"] if st["device"] == 0]
+    x, y = s.data["test"].tensors
+    check = agreement(q_path, path, x.numpy(), y.numpy())
+    assert check["samples"] == len(x)
+    # int8 is not exact, but on this tiny model it must stay close to float32
+    assert check["prediction_agreement"] >= 0.9 and check["exit_agreement"] >= 0.8
+    assert abs(check["accuracy_int8"] - check["accuracy_float32"]) <= 0.1
+    assert sum(check["exit_fractions_int8"]) == pytest.approx(1.0)
