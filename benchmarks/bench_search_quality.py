@@ -9,7 +9,9 @@ seeds) is run through ``search.loop.run_search``. Hypervolumes (pymoo) use
 the exact front's ideal/nadir and a reference point 10% beyond its nadir.
 
 Writes results/benchmarks/search_quality.json. Run:
-``python benchmarks/bench_search_quality.py [--budget 3000] [--seeds 8]``.
+``python benchmarks/bench_search_quality.py [--budget 3000] [--seeds 8] [--first-seed 0]``.
+The hand-kept record of pymoo NSGA-II variants (``pymoo_nsga2_variants``) in an
+existing output file is carried over.
 Optuna runs use ``storage: ":memory:"`` (search quality, not persistence).
 """
 
@@ -79,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=int, default=3000)
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1")
     ap.add_argument("--optuna-seeds", type=int, default=2, help="Optuna is slower per trial")
     ap.add_argument("--backends", default="pymoo_nsga2,optuna_nsga2,optuna_tpe,random")
     ap.add_argument("--out", default=str(ROOT / "results/benchmarks/search_quality.json"))
@@ -100,7 +103,7 @@ def main() -> None:
     for backend in args.backends.split(","):
         pop = 10 if backend == "optuna_tpe" else 100
         n_seeds = args.optuna_seeds if backend.startswith("optuna") else args.seeds
-        for seed in range(n_seeds):
+        for seed in range(args.first_seed, args.first_seed + n_seeds):
             with tempfile.TemporaryDirectory() as d:
                 t = time.perf_counter()
                 cfg = {"backend": backend, "budget": args.budget, "population": pop,
@@ -122,11 +125,17 @@ def main() -> None:
                             "runs": len(r)}
     out = {"space": {"candidates": C, "heads": H, "threshold_levels": LEVELS, "devices": 2,
                      "val_samples": N, "size": size}, "objectives": list(OBJECTIVES),
-           "constraints": CONSTRAINTS, "budget": args.budget, "exact_front_points": len(front),
+           "constraints": CONSTRAINTS, "budget": args.budget, "first_seed": args.first_seed,
+           "exact_front_points": len(front),
            "exact_enumeration_s": round(t_exact, 1), "exact_hv": exact_hv,
            "summary": summary, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    path = Path(args.out)
+    if path.exists():  # keep the record of variants tried (not produced by this script)
+        kept = json.loads(path.read_text()).get("pymoo_nsga2_variants")
+        if kept is not None:
+            out["pymoo_nsga2_variants"] = kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
     print(json.dumps(summary, indent=2))
 
 
