@@ -405,8 +405,17 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
 
 def _int8(manifest_path: Path, *, calibration: NDArray[np.float32], x: NDArray[np.float32],
           labels: NDArray[Any]) -> None:
-    """Write manifest_int8.json with its agreement with the float32 export on ``x``."""
-    path = quantize_manifest(manifest_path, calibration)
+    """Write manifest_int8.json with its agreement with the float32 export on ``x``.
+
+    The float32 export is complete before this runs; a failure keeps it and says so.
+    """
+    try:
+        path = quantize_manifest(manifest_path, calibration)
+    except Exception as err:  # onnxruntime's quantiser raises many types; one line for all
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"int8 quantisation failed ({msg}); the float32 export in "
+                          f"{manifest_path.parent} is complete, use it or rerun without --int8"
+                          ) from err
     manifest = json.loads(path.read_text())
     manifest["verification_test"] = agreement(path, manifest_path, x, labels)
     path.write_text(json.dumps(manifest, indent=2))

@@ -167,3 +167,19 @@ def test_int8_export_quantises_the_int8_devices_only(exported: tuple[Path, dict,
     assert check["prediction_agreement"] >= 0.9 and check["exit_agreement"] >= 0.8
     assert abs(check["accuracy_int8"] - check["accuracy_float32"]) <= 0.1
     assert sum(check["exit_fractions_int8"]) == pytest.approx(1.0)
+
+
+def test_int8_failure_is_one_export_error_and_keeps_float32(
+        exported: tuple[Path, dict, EENNConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.export as export
+
+    path, _, _ = exported
+
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("Unsupported operator X\nmore detail")
+
+    monkeypatch.setattr(export, "quantize_manifest", broken)
+    x = setup().data["test"].tensors[0].numpy()
+    with pytest.raises(export.ExportError, match=r"Unsupported operator X\); the float32 export"):
+        export._int8(path, calibration=x, x=x, labels=np.zeros(len(x), dtype=np.int64))
+    assert path.is_file()  # the float32 manifest stays
