@@ -349,10 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{check['exit_mismatches']} exit mismatches vs PyTorch")
         console.print(f"manifest: {result.manifest_path}")
         if args.int8:
-            q = json.loads((result.out_dir / MANIFEST_INT8).read_text())["verification_test"]
-            console.print(f"int8 ({result.out_dir / MANIFEST_INT8}): test accuracy "
-                          f"{q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f} float32; "
-                          f"same prediction {q['prediction_agreement']:.1%}, same exit "
+            int8 = json.loads((result.out_dir / MANIFEST_INT8).read_text())
+            q = int8["verification_test"]
+            n_q = sum(st["precision"] == "int8" for st in int8["stages"])
+            console.print(f"int8 ({result.out_dir / MANIFEST_INT8}): {n_q} of "
+                          f"{len(int8['stages'])} stages on 8-bit devices quantised; test "
+                          f"accuracy {q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f} "
+                          f"float32; same prediction {q['prediction_agreement']:.1%}, same exit "
                           f"{q['exit_agreement']:.1%}")
         return 0 if check["prediction_mismatches"] == check["exit_mismatches"] == 0 else 1
     return 2
