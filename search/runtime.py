@@ -10,7 +10,10 @@ decision, so it can be exported as is (:mod:`search.export`).
 :meth:`EENN.forward` does true early exit at any batch size: after each head,
 the samples whose confidence (:func:`evaluators.tables.exit_scores`, the
 prediction table's own formula) is ``>=`` the float32 threshold leave the batch
-and only the rest run the next segment.
+and only the rest run the next segment. :meth:`EENN.run_pooled` is the
+throughput mode over a stream of batches (what :func:`run_dataset` uses): the
+samples that go on wait at the next stage until a full batch has gathered, so
+deep segments do not run on a batch's few survivors.
 
 Float32 CPU kernels (MKL/oneDNN GEMM and convolution) do not promise the same
 bits for a sample in batches of different size or layout: a head's confidence
@@ -22,7 +25,8 @@ ties exist. :func:`search.evaluate.compare_exits` reports them separately.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -204,33 +208,86 @@ class EENN(nn.Module):
         """The stages in execution order (typed)."""
         return [cast(Stage, s) for s in self.stages]
 
+    def _step(self, stage: Stage, rows: Tensor, h: Tensor
+              ) -> tuple[_Left | None, Tensor, Tensor]:
+        """Run one stage on samples ``rows`` (activations ``h``): who leaves, who goes on."""
+        h, logits = stage(h)
+        if logits is None:
+            return None, rows, h
+        p, scores = exit_scores(logits)
+        c = scores[self.metric_index]
+        if stage.final:  # the backbone classifier: everyone left finishes here
+            return _Left(rows, p, c, logits, self.n_exits, stage.device), rows[:0], h[:0]
+        leave = c >= stage.threshold_f32  # float32 on both sides, as in the proxy
+        sel = leave.nonzero().squeeze(1)
+        left = (_Left(rows[sel], p[sel], c[sel], logits[sel], int(stage.exit_index or 0),
+                      stage.device) if len(sel) else None)
+        if len(sel) == len(rows):
+            return left, rows[:0], h[:0]
+        keep = (~leave).nonzero().squeeze(1)
+        return left, rows[keep], h.index_select(0, keep)
+
     @torch.inference_mode()
     def forward(self, x: Tensor) -> EENNOutput:
         """Run ``x`` with true early exit; see :class:`EENNOutput`."""
-        n = x.shape[0]
-        alive = torch.arange(n, device=x.device)
+        rows, h = torch.arange(x.shape[0], device=x.device), x
         done: list[_Left] = []
-        h = x
         for stage in self.stage_list():
-            h, logits = stage(h)
-            if logits is None:
-                continue
-            p, scores = exit_scores(logits)
-            c = scores[self.metric_index]
-            k = self.n_exits if stage.final else int(stage.exit_index or 0)
-            if stage.final:  # the backbone classifier: everyone left finishes here
-                done.append(_Left(alive, p, c, logits, k, stage.device))
+            left, rows, h = self._step(stage, rows, h)
+            if left is not None:
+                done.append(left)
+            if not len(rows):
                 break
-            leave = c >= stage.threshold_f32  # float32 on both sides, as in the proxy
-            sel = leave.nonzero().squeeze(1)
-            if not len(sel):
-                continue
-            done.append(_Left(alive[sel], p[sel], c[sel], logits[sel], k, stage.device))
-            if len(sel) == len(alive):
-                break
-            keep = (~leave).nonzero().squeeze(1)
-            alive, h = alive[keep], h.index_select(0, keep)
-        return self._gather(done, n, x.device)
+        return self._gather(done, x.shape[0], x.device)
+
+    @torch.inference_mode()
+    def run_pooled(self, batches: Iterable[Tensor], *, batch_size: int) -> EENNOutput:
+        """Early exit over a stream of input batches, in their concatenated order.
+
+        The same per-sample computation as calling the module on each batch, but
+        the samples that go on past an exit wait at the next stage until
+        ``batch_size`` of them have gathered (from several input batches), so
+        deep stages run on full batches instead of a batch's few survivors: the
+        throughput mode for offline evaluation. Results come back in input order.
+        """
+        stages = self.stage_list()
+        waiting: list[list[tuple[Tensor, Tensor]]] = [[] for _ in stages]
+        done: list[_Left] = []
+        n, device = 0, torch.device("cpu")
+
+        def drain(i: int, flush: bool) -> None:
+            while waiting[i]:
+                count = sum(len(r) for r, _ in waiting[i])
+                if count < batch_size and not flush:
+                    return
+                rows = torch.cat([r for r, _ in waiting[i]])
+                h = torch.cat([a for _, a in waiting[i]])
+                waiting[i] = [(rows[batch_size:], h[batch_size:])] if count > batch_size else []
+                left, rows, h = self._step(stages[i], rows[:batch_size], h[:batch_size])
+                if left is not None:
+                    done.append(left)
+                if len(rows):
+                    waiting[i + 1].append((rows, h))
+
+        for x in batches:
+            device = x.device
+            waiting[0].append((torch.arange(n, n + len(x), device=device), x))
+            n += len(x)
+            for i in range(len(stages)):
+                drain(i, flush=False)
+        for i in range(len(stages)):
+            drain(i, flush=True)
+        if not n:
+            raise ValueError("no input batches; nothing to run the EENN on")
+        return self._gather(done, n, device)
+
+    @staticmethod
+    def concat(outputs: Sequence[EENNOutput]) -> EENNOutput:
+        """The outputs of consecutive batches as one, in order."""
+        if not outputs:
+            raise ValueError("no outputs to concatenate")
+        return EENNOutput(**{f.name: torch.cat([getattr(o, f.name) for o in outputs])
+                             for f in dataclasses.fields(EENNOutput)})
 
     @staticmethod
     def _gather(done: list[_Left], n: int, device: torch.device) -> EENNOutput:
@@ -335,22 +392,30 @@ def run_dataset(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    pooled: bool = True,
 ) -> RunRecord:
-    """Run ``eenn`` over ``dataset`` in order, ``batch_size`` samples at a time."""
-    eenn = eenn.to(device)
-    parts: list[tuple[Tensor, EENNOutput]] = []
-    for x, y in iter_batches(dataset, batch_size):
-        parts.append((y, eenn(x.float().to(device))))
-    if not parts:
+    """Run ``eenn`` over ``dataset`` in order, ``batch_size`` samples at a time.
+
+    ``pooled`` (default) uses :meth:`EENN.run_pooled`, the throughput mode in
+    which deep stages run on full batches of survivors; ``False`` calls the
+    module on each batch. Per sample both compute the same.
+    """
+    if not len(dataset):  # type: ignore[arg-type]
         raise ValueError("the dataset is empty; nothing to run the EENN on")
+    eenn = eenn.to(device)
+    labels: list[Tensor] = []
 
-    def cat(field: str) -> Any:
-        return torch.cat([getattr(o, field) for _, o in parts]).cpu().numpy()
+    def inputs() -> Any:
+        for x, y in iter_batches(dataset, batch_size):
+            labels.append(y)
+            yield x.float().to(device)
 
+    out = (eenn.run_pooled(inputs(), batch_size=batch_size) if pooled
+           else EENN.concat([eenn(x) for x in inputs()]))
     return RunRecord(
-        labels=torch.cat([y for y, _ in parts]).long().numpy(),
-        prediction=cat("prediction"),
-        exit=cat("exit"),
-        device=cat("device"),
-        confidence=cat("confidence"),
+        labels=torch.cat(labels).long().numpy(),
+        prediction=out.prediction.cpu().numpy(),
+        exit=out.exit.cpu().numpy(),
+        device=out.device.cpu().numpy(),
+        confidence=out.confidence.cpu().numpy(),
     )

@@ -49,8 +49,9 @@ def test_runtime_matches_the_proxy_exactly_on_val(index: int) -> None:
     eenn = build_eenn(s.model, config, candidates=s.profile.candidates, heads=s.heads.heads)
     ev = ProxyEvaluator(split=s.table.val, costs=s.costs, platform=s.platform)
     scores = ev.evaluate([config])
-    for batch_size in (7, 64):  # other batch compositions than the feature cache's 32
-        rec = run_dataset(eenn, s.data["val"], batch_size=batch_size)
+    # other batch compositions than the feature cache's 32, per batch and pooled
+    for batch_size, pooled in ((7, False), (64, False), (7, True), (64, True)):
+        rec = run_dataset(eenn, s.data["val"], batch_size=batch_size, pooled=pooled)
         expected = predicted_exits(s.table.val, config)
         np.testing.assert_array_equal(rec.exit, expected)
         assert rec.accuracy == pytest.approx(float(scores.accuracy[0]), abs=0)
@@ -117,6 +118,30 @@ def test_true_early_exit_shrinks_the_batch() -> None:
     assert seen[0] == 64
     assert seen[1:] == [64 - sum(left[: k + 1]) for k in range(len(seen) - 1)]
     assert seen[-1] < 64  # the backbone tail ran on fewer samples
+
+
+@pytest.mark.parametrize(("batch", "pool"), [(16, 16), (16, 40), (7, 32), (90, 90)])
+def test_pooled_stream_gives_the_per_batch_results_on_full_batches(batch: int, pool: int) -> None:
+    s = setup()
+    config = configs(s)[1]
+    eenn = build_eenn(s.model, config, candidates=s.profile.candidates, heads=s.heads.heads)
+    x = s.data["test"].tensors[0]
+    seen: list[int] = []
+    hooks = [st.segment.register_forward_pre_hook(lambda _m, a: seen.append(a[0].shape[0]))
+             for st in eenn.stage_list()[1:]]
+    pooled = eenn.run_pooled((x[i:i + batch] for i in range(0, len(x), batch)), batch_size=pool)
+    for hk in hooks:
+        hk.remove()
+    whole = eenn(x)
+    for field in ("prediction", "exit", "device"):
+        assert torch.equal(getattr(pooled, field), getattr(whole, field)), field
+    torch.testing.assert_close(pooled.confidence, whole.confidence, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled.logits, whole.logits, rtol=0, atol=1e-5)
+    # deep stages ran on full batches of survivors, except for one flush each at the end
+    assert sum(b < pool for b in seen) <= len(eenn.stage_list()) - 1
+    assert all(b <= pool for b in seen)
+    with pytest.raises(ValueError, match="no input batches"):
+        eenn.run_pooled(iter([]), batch_size=pool)
 
 
 def test_output_fields_and_devices() -> None:
