@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _provenance import code_state
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,19 +49,6 @@ from spaces.space import build_space  # noqa: E402
 
 BACKENDS = ("pymoo_nsga2", "optuna_nsga2", "optuna_tpe", "random")
 OUT = ROOT / "results" / "benchmarks" / "backends_default.json"
-
-
-def _code_state() -> dict[str, Any]:
-    """Which code was measured: the commit, and files of the packages changed against it."""
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
-                           check=False)
-        return r.stdout.strip() if r.returncode == 0 else ""
-    commit = git("rev-parse", "HEAD") or os.environ.get("BENCH_COMMIT", "unknown")
-    dirty = git("status", "--porcelain", "--", "search", "spaces", "evaluators", "conf")
-    return {"commit": commit, "uncommitted_changes": dirty.splitlines() if dirty else [],
-            "source": "git checkout" if git("rev-parse", "HEAD") else
-            "clean export (git archive) of the commit"}
 
 
 def _search_cfg(backend: str, budget: int, baselines: list[str]) -> dict[str, Any]:
@@ -164,7 +151,7 @@ def main() -> None:
         "prepare_trained_backbone": bool(prepared.backbone.trained_now),
         "backbone": ref,
         "per_strategy": per, "runs": runs,
-        "code": _code_state(),
+        "code": code_state(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_end": list(os.getloadavg()), "note": "2 cores shared with other jobs"},
     }

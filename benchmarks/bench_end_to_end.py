@@ -32,24 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _provenance import code_state
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "benchmarks" / "end_to_end.json"
 TARGETS = {"cold_s": 60.0, "warm_s": 15.0, "peak_rss_gib": 2.0, "max_test_accuracy_drop_pt": 1.0,
            "min_macs_reduction": 0.70}
-
-
-def _code_state() -> dict[str, Any]:
-    """Which code was measured: the commit, and files of the packages changed against it."""
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
-                           check=False)
-        return r.stdout.strip() if r.returncode == 0 else ""
-    commit = git("rev-parse", "HEAD") or os.environ.get("BENCH_COMMIT", "unknown")
-    dirty = git("status", "--porcelain", "--", "search", "spaces", "evaluators", "conf")
-    return {"commit": commit, "uncommitted_changes": dirty.splitlines() if dirty else [],
-            "source": "git checkout" if git("rev-parse", "HEAD") else
-            "clean export (git archive) of the commit"}
 
 
 def _timed_run(*, run_dir: Path, cache_dir: Path) -> dict[str, Any]:
@@ -142,7 +130,7 @@ def main() -> None:
     result = {
         "benchmark": "end_to_end",
         "command": "python -m search hydra.run.dir=<tmp>  (EENN_CACHE_DIR=<fresh tmp dir>)",
-        "code": _code_state(),
+        "code": code_state(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_end": list(os.getloadavg()),
                     "note": "2 cores shared with other jobs; figures depend on load"},

@@ -15,6 +15,7 @@ from evaluators.graph import ModelInputError, UntraceableModelError, trace
 from evaluators.macs import count_macs
 from evaluators.models import build_architecture
 from spaces import ExitCandidate, cut_points, find_exit_candidates, profile_backbone
+from tests.spaces._tiny import Tiny
 
 
 def _digraph(gm: fx.GraphModule) -> tuple[nx.DiGraph, str, str]:
@@ -131,25 +132,6 @@ def _googlenet() -> nn.Module:
 
     with torch.device("meta"):
         return googlenet(weights=None, aux_logits=False, init_weights=False).eval()
-
-
-class Tiny(nn.Module):
-    """conv-bn-relu, conv-relu, pool, linear: costs small enough to check by hand."""
-
-    def __init__(self, classes: int = 5) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1, stride=2)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.pool(self.relu2(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
 
 
 CONV1, CONV2 = 4 * 9 * 64, 8 * 4 * 9 * 16  # MACs: 3x3 kernels on 8x8 and 4x4 outputs

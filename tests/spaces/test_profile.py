@@ -10,25 +10,7 @@ from torch import nn
 from evaluators.macs import count_macs
 from evaluators.models import build_architecture
 from spaces import BackboneProfile, profile_backbone, to_backbone_costs
-
-
-class Tiny(nn.Module):
-    """conv-bn-relu (8x8), conv-relu (4x4), pool, linear(8 -> 5)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1, stride=2)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.pool(self.relu2(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
+from tests.spaces._tiny import Tiny
 
 
 def _tiny_profile() -> BackboneProfile:
