@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -212,6 +213,7 @@ def test_generic_loader_instantiates_target() -> None:
 @pytest.mark.filterwarnings("ignore:The inplace keyword")  # pandas deprecations inside wfdb
 def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> None:
     from evaluators.data._mitbih import DS1, DS2
+    from evaluators.data._mitbih import load as mitbih_load
     from tests.search._datasets import write_mitbih
 
     beats = 10
@@ -223,6 +225,14 @@ def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> N
     # train and val share the DS1 beats, test takes every DS2 beat and nothing else
     assert (len(data.train), len(data.val), len(data.test)) == (
         beats * len(DS1) - 20, 20, beats * len(DS2))
+    # by content: the beats of the DS2 records (noise differs per record) are exactly test's
+    pool = mitbih_load({"root": str(tmp_path), "records": list(DS2)}, seed=0)
+    ds2 = {row.numpy().tobytes() for row in pool.read(np.arange(len(pool.labels)))}
+
+    def rows(split: Any) -> set[bytes]:
+        return {row.numpy().tobytes() for row in split.tensors()[0]}
+
+    assert rows(data.test) == ds2 and not (rows(data.train) | rows(data.val)) & ds2
     held = {**cfg, "val_records": ["118", "208"], "splits": {"train": None, "val": None,
                                                               "test": None}}
     data = load_data(held, seed=0)
