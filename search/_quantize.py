@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from search._onnx_runner import run_manifest
+from search._onnx_runner import RunnerOutput, run_manifest
 
 __all__ = ["MANIFEST_INT8", "agreement", "quantize_manifest"]
 
@@ -99,12 +99,13 @@ def quantize_manifest(manifest_path: Path, calibration: NDArray[Any], *,
     return path
 
 
-def agreement(int8_manifest: Path, fp32_manifest: Path, x: NDArray[Any],
+def agreement(int8_manifest: Path, fp32: RunnerOutput, x: NDArray[Any],
               labels: NDArray[Any] | None = None) -> dict[str, Any]:
-    """How often the int8 EENN takes the float32 EENN's exit and prediction on ``x``."""
+    """How often the int8 EENN takes the float32 EENN's exit and prediction on ``x``
+    (``fp32``: the reference runner's output of the float32 manifest on the same ``x``)."""
     q = run_manifest(int8_manifest, np.asarray(x))
-    f = run_manifest(fp32_manifest, np.asarray(x))
-    n_paths = len(json.loads(Path(fp32_manifest).read_text())["exits"]) + 1
+    f = fp32
+    n_paths = len(json.loads(Path(int8_manifest).read_text())["exits"]) + 1
     out: dict[str, Any] = {
         "samples": len(x),
         "prediction_agreement": float((q.prediction == f.prediction).mean()),

@@ -308,6 +308,11 @@ def _manifest(eenn: EENN, entries: list[dict[str, Any]], platform: Platform, cos
 
 def verify_runner(manifest_path: Path, eenn: EENN, x: Tensor) -> dict[str, Any]:
     """Replay ``x`` with the reference runner and count disagreements with PyTorch."""
+    return _verify(manifest_path, eenn, x)[0]
+
+
+def _verify(manifest_path: Path, eenn: EENN, x: Tensor) -> tuple[dict[str, Any], RunnerOutput]:
+    """:func:`verify_runner`'s figures and the runner's own output (reused by ``--int8``)."""
     from search.runtime import run_dataset
 
     ref = run_dataset(eenn, torch.utils.data.TensorDataset(x, torch.zeros(len(x))))
@@ -317,7 +322,7 @@ def verify_runner(manifest_path: Path, eenn: EENN, x: Tensor) -> dict[str, Any]:
             "exit_mismatches": int((got.exit != ref.exit).sum()),
             "device_mismatches": int((got.device != ref.device).sum()),
             "max_confidence_diff": float(np.abs(got.confidence - ref.confidence).max())
-            if len(x) else 0.0}
+            if len(x) else 0.0}, got
 
 
 def _stack(dataset: Any) -> Tensor:
@@ -395,19 +400,19 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
         fractions={"val": json.loads(str(row["exit_fractions"])), "test": test_frac},
     )
     x_test = _stack(prep.data.test)
-    check = verify_runner(result.manifest_path, eenn, x_test)
+    check, fp32 = _verify(result.manifest_path, eenn, x_test)
     manifest = {**result.manifest, "trial": trial, "verification_test": check}
     result.manifest_path.write_text(json.dumps(manifest, indent=2))
     if int8:
         _int8(result.manifest_path, calibration=_stack(prep.data.val)[:512].numpy(),
-              x=x_test.numpy(),
+              x=x_test.numpy(), fp32=fp32,
               labels=torch.cat([y for _, y in iter_batches(prep.data.test, 1024)]).numpy())
     return ExportResult(out_dir=result.out_dir, manifest_path=result.manifest_path,
                         manifest=manifest, max_abs_diff=result.max_abs_diff), check
 
 
 def _int8(manifest_path: Path, *, calibration: NDArray[np.float32], x: NDArray[np.float32],
-          labels: NDArray[Any]) -> None:
+          fp32: RunnerOutput, labels: NDArray[Any]) -> None:
     """Write manifest_int8.json with its agreement with the float32 export on ``x``.
 
     The float32 export is complete before this runs; a failure keeps it and says so.
@@ -420,7 +425,7 @@ def _int8(manifest_path: Path, *, calibration: NDArray[np.float32], x: NDArray[n
                           f"{manifest_path.parent} is complete, use it or rerun without --int8"
                           ) from err
     manifest = json.loads(path.read_text())
-    manifest["verification_test"] = agreement(path, manifest_path, x, labels)
+    manifest["verification_test"] = agreement(path, fp32, x, labels)
     path.write_text(json.dumps(manifest, indent=2))
 
 

@@ -161,7 +161,7 @@ def test_int8_export_quantises_the_int8_devices_only(exported: tuple[Path, dict,
     assert "int8 graphs" in q["costs"]["assumes"]["precision"]
     assert q["devices"][0]["stages"] == [st["file"] for st in q["stages"] if st["device"] == 0]
     x, y = s.data["test"].tensors
-    check = agreement(q_path, path, x.numpy(), y.numpy())
+    check = agreement(q_path, run_manifest(path, x.numpy()), x.numpy(), y.numpy())
     assert check["samples"] == len(x)
     # int8 is not exact, but on this tiny model it must stay close to float32
     assert check["prediction_agreement"] >= 0.9 and check["exit_agreement"] >= 0.8
@@ -181,5 +181,6 @@ def test_int8_failure_is_one_export_error_and_keeps_float32(
     monkeypatch.setattr(export, "quantize_manifest", broken)
     x = setup().data["test"].tensors[0].numpy()
     with pytest.raises(export.ExportError, match=r"Unsupported operator X\); the float32 export"):
-        export._int8(path, calibration=x, x=x, labels=np.zeros(len(x), dtype=np.int64))
+        export._int8(path, calibration=x, x=x, fp32=run_manifest(path, x),
+                     labels=np.zeros(len(x), dtype=np.int64))
     assert path.is_file()  # the float32 manifest stays
