@@ -4,7 +4,10 @@ Genes, for every exit candidate ``c``: ``on{c}`` (exit present), ``head{c}``
 (index into the head family) and ``thr{c}`` (threshold level on the grid, or
 a float for continuous thresholds); for every link ``i`` of the device chain
 ``b{i}`` (a boundary, see :class:`evaluators.eenn.EENNConfig`); and
-``metric`` when the confidence metric is searched. A genome is a plain dict
+``metric`` when the confidence metric is searched. ``space.boundaries`` pins
+the device mapping (the ``b{i}`` genes then repair to the pinned values), for
+a user who already knows which device runs which part, or to search one
+placement at a time. A genome is a plain dict
 ``name -> value`` with every gene present, which is what pymoo's mixed
 variables and Optuna's ask/tell (with fixed distributions) both need.
 
@@ -69,6 +72,7 @@ class EarlyExitSpace:
     threshold_grid: Mapping[str, NDArray[np.float64]] | None  # metric -> (C, H, L) ascending
     threshold_range: tuple[float, float] = (0.0, 1.0)
     allowed_devices: tuple[int, ...] = ()
+    pinned_boundaries: tuple[int, ...] = ()  # empty: the device mapping is searched
     _device_map: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +85,24 @@ class EarlyExitSpace:
         ok = sorted(allowed)
         mapping = [next((a for a in ok if a >= d), ok[-1]) for d in range(self.n_devices)]
         object.__setattr__(self, "_device_map", tuple(mapping))
+        if self.pinned_boundaries:
+            self._check_pinned()
+
+    def _check_pinned(self) -> None:
+        pinned, top = tuple(self.pinned_boundaries), self.n_candidates + 1
+        shape_ok = (len(pinned) == self.n_links and list(pinned) == sorted(pinned)
+                    and all(0 <= b <= top for b in pinned))
+        if not shape_ok:
+            raise ValueError(f"space.boundaries={list(pinned)} must be {self.n_links} "
+                             f"non-decreasing boundaries in 0..{top} (one per link); "
+                             f"or null to search the device mapping")
+        object.__setattr__(self, "pinned_boundaries", ())
+        canonical = tuple(self._repair_boundaries(pinned).values())
+        object.__setattr__(self, "pinned_boundaries", pinned)
+        if canonical != pinned:
+            raise ValueError(f"space.boundaries={list(pinned)} puts segments on devices outside "
+                             f"space.devices {list(self.allowed_devices)}; the same mapping "
+                             f"within them is {list(canonical)}")
 
     @property
     def n_links(self) -> int:
@@ -155,6 +177,8 @@ class EarlyExitSpace:
 
     def _repair_boundaries(self, raw: Sequence[Any]) -> dict[str, int]:
         c_n = self.n_candidates
+        if self.pinned_boundaries:
+            return {f"b{i}": b for i, b in enumerate(self.pinned_boundaries)}
         bnd = sorted(int(np.clip(round(float(b)), 0, c_n + 1)) for b in raw)
         seg_dev = [self._device_map[sum(1 for b in bnd if b <= s)] for s in range(c_n + 1)]
         return {f"b{i}": next((s for s in range(c_n + 1) if seg_dev[s] > i), c_n + 1)
@@ -193,6 +217,9 @@ class EarlyExitSpace:
             raw.update({f"on{e.candidate}": True, f"head{e.candidate}": e.head,
                         f"thr{e.candidate}": self._level(config.metric, e)})
         genome = self.repair(raw)
+        if self.pinned_boundaries and tuple(config.boundaries) != self.pinned_boundaries:
+            raise ValueError(f"config boundaries {list(config.boundaries)} differ from the pinned "
+                             f"space.boundaries={list(self.pinned_boundaries)}")
         if self._repair_boundaries(config.boundaries) != {
                 f"b{i}": b for i, b in enumerate(config.boundaries)}:
             raise ValueError(f"boundaries {config.boundaries} use a device outside "
@@ -269,7 +296,7 @@ def _between_samples(conf: NDArray[np.float32], q: NDArray[np.float64]) -> NDArr
 def build_space(cfg: Mapping[str, Any], *, val: SplitPredictions,
                 platform: Platform) -> EarlyExitSpace:
     """Build the space from ``conf/space`` options, the val predictions and the platform."""
-    known = {"max_exits", "metric", "thresholds", "devices"}
+    known = {"max_exits", "metric", "thresholds", "devices", "boundaries"}
     if set(cfg) - known:
         raise ValueError(f"unknown space option(s) {sorted(set(cfg) - known)}; use {sorted(known)}")
     n_c, n_h, _ = val.head_pred.shape
@@ -289,10 +316,16 @@ def build_space(cfg: Mapping[str, Any], *, val: SplitPredictions,
         else:
             raise ValueError(f"space.devices entry {d!r} is not a device of {names}")
     thr = cfg.get("thresholds") or {}
+    pinned = cfg.get("boundaries")
+    if pinned is not None and (isinstance(pinned, (str, int))
+                               or not all(isinstance(b, int) for b in pinned)):
+        raise ValueError(f"space.boundaries={pinned!r} must be a list of integers, one per link "
+                         f"(e.g. [3]), or null to search the device mapping")
     return EarlyExitSpace(
         n_candidates=n_c, n_heads=n_h, n_devices=platform.n_devices,
         max_exits=min(max_exits, n_c), metrics=metrics,
         threshold_grid=_grid(thr, val, metrics),
         threshold_range=(float(thr.get("low", 0.0)), float(thr.get("high", 1.0))),
         allowed_devices=tuple(sorted(set(devices))),
+        pinned_boundaries=tuple(pinned or ()),
     )

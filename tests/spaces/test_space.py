@@ -93,6 +93,31 @@ def test_allowed_devices_move_segments(val) -> None:
         space.encode(EENNConfig(exits=(), boundaries=(3, 5)))
 
 
+def test_pinned_boundaries_fix_the_device_mapping(val) -> None:
+    space = _space(val, boundaries=[2, 5])
+    rng = np.random.default_rng(3)
+    configs = [space.decode(space.repair(_noisy_genome(space, rng), rng)) for _ in range(100)]
+    configs += [space.decode(g) for g in space.sample(100, rng)]
+    assert {c.boundaries for c in configs} == {(2, 5)}
+    assert len({c.exits for c in configs}) > 50  # the exits are still searched
+    cfg = EENNConfig(exits=(ExitChoice(candidate=1, head=0, threshold=0.5),), boundaries=(2, 5))
+    assert space.decode(space.encode(cfg)).boundaries == (2, 5)
+    with pytest.raises(ValueError, match="differ from the pinned"):
+        space.encode(EENNConfig(exits=(), boundaries=(1, 5)))
+
+
+@pytest.mark.parametrize(("pinned", "opts", "match"), [
+    ([3], {}, "must be 2 non-decreasing"),
+    ([5, 2], {}, "must be 2 non-decreasing"),
+    ([0, C + 2], {}, "must be 2 non-decreasing"),
+    (3, {}, "list of integers"),
+    ([1, 4], {"devices": ["cloud"]}, r"outside space.devices \[2\].*\[0, 0\]"),
+])
+def test_bad_pinned_boundaries_are_one_line_errors(val, pinned, opts, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _space(val, boundaries=pinned, **opts)
+
+
 def test_encode_snaps_and_rejects(val) -> None:
     space = _space(val)
     grid = space.threshold_grid["max_softmax"]
