@@ -321,6 +321,10 @@ def build_space(cfg: Mapping[str, Any], *, val: SplitPredictions,
                                or not all(isinstance(b, int) for b in pinned)):
         raise ValueError(f"space.boundaries={pinned!r} must be a list of integers, one per link "
                          f"(e.g. [3]), or null to search the device mapping")
+    if pinned is not None and len(pinned) != platform.n_devices - 1:
+        raise ValueError(f"space.boundaries={list(pinned)} must have one boundary per link of the "
+                         f"{platform.n_devices}-device chain ({platform.n_devices - 1}), "
+                         f"or be null to search the device mapping")
     return EarlyExitSpace(
         n_candidates=n_c, n_heads=n_h, n_devices=platform.n_devices,
         max_exits=min(max_exits, n_c), metrics=metrics,

@@ -107,7 +107,8 @@ def test_pinned_boundaries_fix_the_device_mapping(val) -> None:
 
 
 @pytest.mark.parametrize(("pinned", "opts", "match"), [
-    ([3], {}, "must be 2 non-decreasing"),
+    ([3], {}, "one boundary per link"),
+    ([], {}, "one boundary per link"),
     ([5, 2], {}, "must be 2 non-decreasing"),
     ([0, C + 2], {}, "must be 2 non-decreasing"),
     (3, {}, "list of integers"),
