@@ -96,9 +96,7 @@ class EarlyExitSpace:
             raise ValueError(f"space.boundaries={list(pinned)} must be {self.n_links} "
                              f"non-decreasing boundaries in 0..{top} (one per link); "
                              f"or null to search the device mapping")
-        object.__setattr__(self, "pinned_boundaries", ())
-        canonical = tuple(self._repair_boundaries(pinned).values())
-        object.__setattr__(self, "pinned_boundaries", pinned)
+        canonical = tuple(self._searched_boundaries(pinned).values())
         if canonical != pinned:
             raise ValueError(f"space.boundaries={list(pinned)} puts segments on devices outside "
                              f"space.devices {list(self.allowed_devices)}; the same mapping "
@@ -176,9 +174,13 @@ class EarlyExitSpace:
         return int(np.searchsorted(row, row[level], side="left"))  # first level of equal value
 
     def _repair_boundaries(self, raw: Sequence[Any]) -> dict[str, int]:
-        c_n = self.n_candidates
         if self.pinned_boundaries:
             return {f"b{i}": b for i, b in enumerate(self.pinned_boundaries)}
+        return self._searched_boundaries(raw)
+
+    def _searched_boundaries(self, raw: Sequence[Any]) -> dict[str, int]:
+        """Sorted, clipped boundaries, moved off devices that are not allowed."""
+        c_n = self.n_candidates
         bnd = sorted(int(np.clip(round(float(b)), 0, c_n + 1)) for b in raw)
         seg_dev = [self._device_map[sum(1 for b in bnd if b <= s)] for s in range(c_n + 1)]
         return {f"b{i}": next((s for s in range(c_n + 1) if seg_dev[s] > i), c_n + 1)
