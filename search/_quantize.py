@@ -103,8 +103,7 @@ def agreement(int8_manifest: Path, fp32: RunnerOutput, x: NDArray[Any],
               labels: NDArray[Any] | None = None) -> dict[str, Any]:
     """How often the int8 EENN takes the float32 EENN's exit and prediction on ``x``
     (``fp32``: the reference runner's output of the float32 manifest on the same ``x``)."""
-    q = run_manifest(int8_manifest, np.asarray(x))
-    f = fp32
+    q, f = run_manifest(int8_manifest, np.asarray(x)), fp32
     n_paths = len(json.loads(Path(int8_manifest).read_text())["exits"]) + 1
     out: dict[str, Any] = {
         "samples": len(x),

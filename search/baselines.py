@@ -5,7 +5,9 @@ Manual recipe, as a practitioner would do it without a search: an exit with
 the cheapest head at every candidate (evenly spaced candidates when
 ``max_exits`` is smaller), one global threshold for all exits swept over the
 quantiles of those heads' pooled val confidences, and the whole model on one
-device: the first allowed device and, separately, the last one.
+device: the first allowed device and, separately, the last one. When the space
+pins the device mapping (``space.boundaries``), the recipe uses that mapping
+instead, so that it answers the same question as the search.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ def manual_configs(*, space: EarlyExitSpace, costs: BackboneCosts, val: SplitPre
     q = np.arange(n_thresholds) / n_thresholds
     levels = np.unique(np.quantile(pooled.astype(np.float64), q,
                                    method="inverted_cdf"))
-    devices = sorted({min(space.allowed_devices), max(space.allowed_devices)})
+    placements = ([space.pinned_boundaries] if space.pinned_boundaries else
+                  [_on_device(space, d) for d in sorted({min(space.allowed_devices),
+                                                         max(space.allowed_devices)})])
     return [
         EENNConfig(exits=tuple(ExitChoice(candidate=int(c), head=int(heads[c]), threshold=float(t))
                                for c in cands),
-                   boundaries=_on_device(space, d), metric=metric)
-        for d in devices for t in levels
+                   boundaries=boundaries, metric=metric)
+        for boundaries in placements for t in levels
     ]

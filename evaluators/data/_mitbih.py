@@ -94,15 +94,16 @@ def load(cfg: dict[str, Any], *, seed: int) -> Pool:
     window, before = int(cfg.get("window", 187)), int(cfg.get("before", 90))
     if not 0 <= before < window:
         raise DataError(f"data.before={before} must lie in [0, data.window={window}); lower it")
-    records, partition = _protocol(cfg)
+    wanted, partition = _protocol(cfg)
+    records = _records(root, wanted)
     parts = [
         _beats(root, r, lead=str(cfg.get("lead", "MLII")), before=before, window=window)
-        for r in _records(root, records)
+        for r in records
     ]
     beats = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     groups = None if partition is None else np.concatenate(
-        [np.full(len(p[1]), partition[r]) for p, r in zip(parts, records or [], strict=True)])
+        [np.full(len(p[1]), partition[r]) for p, r in zip(parts, records, strict=True)])
     if len(labels) == 0:
         raise DataError(
             f"no AAMI-labelled beats in the records under {root}; check data.root and data.records"

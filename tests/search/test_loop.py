@@ -58,6 +58,19 @@ def test_writes_schema_files(setup, tmp_path) -> None:
     assert len(res.hypervolume_reference) == 2
 
 
+def test_manual_recipe_follows_a_pinned_mapping(setup, tmp_path) -> None:
+    _, ev, tev = setup
+    pinned = build_space({"max_exits": 3, "thresholds": {"levels": 8}, "boundaries": [2, 4]},
+                         val=ev.split, platform=ev.platform)
+    res = run_search(evaluator=ev, space=pinned, test_evaluator=tev, objectives=["error", "macs"],
+                     cfg_search={"backend": "random", "budget": 20, "population": 10,
+                                 "baselines": ["manual"], "manual_thresholds": 8},
+                     constraints=CONSTRAINTS, seed=0, run_dir=tmp_path, progress=False)
+    configs = res.records["config"].map(lambda c: tuple(yaml.safe_load(c)["boundaries"]))
+    assert set(configs) == {(2, 4)}
+    assert (res.records["strategy"] == "manual").sum() == 8
+
+
 def test_same_seed_same_records(setup, tmp_path) -> None:
     a = _search(setup, tmp_path / "a").records
     b = _search(setup, tmp_path / "b").records
