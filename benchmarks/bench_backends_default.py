@@ -40,9 +40,10 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_module  # noqa: E402
 from pymoo.indicators.hv import HV  # noqa: E402
 
+from evaluators.plain import plain  # noqa: E402
 from evaluators.proxy import ProxyEvaluator  # noqa: E402
 from search.loop import run_search  # noqa: E402
-from search.pipeline import plain, prepare  # noqa: E402
+from search.pipeline import prepare  # noqa: E402
 from search.results import choose, config_from_json  # noqa: E402
 from search.run import backbone_reference  # noqa: E402
 from spaces.space import build_space  # noqa: E402

@@ -39,6 +39,7 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from evaluators.device import resolve_device  # noqa: E402
 from evaluators.features import extract_features  # noqa: E402
 from evaluators.models import build_architecture  # noqa: E402
 from spaces.profile import profile_backbone  # noqa: E402
@@ -48,10 +49,11 @@ MAX_CANDIDATES, POOL = 10, 2  # as conf/experiment/resnet152_cifar10.yaml
 
 
 def _device() -> tuple[torch.device, str]:
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.cuda.get_device_name(0)
-    return torch.device("cpu"), f"cpu ({platform.processor() or platform.machine()}, " \
-                                f"{torch.get_num_threads()} threads)"
+    device = resolve_device("auto")
+    if device.type == "cuda":
+        return device, torch.cuda.get_device_name(device)
+    return device, f"cpu ({platform.processor() or platform.machine()}, " \
+                   f"{torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METRICS", "EENNConfig", "ExitChoice"]
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["METRICS", "EENNConfig", "ExitChoice", "exit_shares"]
 
 METRICS: tuple[str, ...] = ("max_softmax", "entropy", "margin")
 
@@ -59,3 +62,21 @@ class EENNConfig:
     def device_of_segment(self, segment: int) -> int:
         """Index of the device that runs backbone segment ``segment``."""
         return sum(1 for b in self.boundaries if b <= segment)
+
+
+def exit_shares(
+    counts: ArrayLike, correct: ArrayLike | None = None
+) -> tuple[list[float], list[float | None]]:
+    """Share of samples leaving on each path, and the accuracy of those samples.
+
+    ``counts`` (and ``correct``) hold one entry per path: the active exits in order, then the
+    backbone classifier (K+1 entries, as in the ``exit_fractions`` and ``exit_accuracy``
+    columns). Every sample takes exactly one path, so the shares sum to one; a path no sample
+    takes has accuracy ``None``.
+    """
+    n = np.asarray(counts, dtype=np.int64)
+    fractions = (n / max(int(n.sum()), 1)).tolist()
+    if correct is None:
+        return fractions, [None] * len(n)
+    ok = np.asarray(correct, dtype=np.int64)
+    return fractions, [int(o) / int(x) if x else None for o, x in zip(ok, n, strict=True)]

@@ -30,9 +30,10 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from evaluators.backbone import resolve_device
 from evaluators.costs import PathCosts, path_costs
-from evaluators.eenn import METRICS, EENNConfig
+from evaluators.device import resolve_device
+from evaluators.eenn import METRICS, EENNConfig, exit_shares
+from evaluators.plain import plain
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search.errors import one_line_errors
@@ -62,9 +63,7 @@ class LoadedRun:
 def _read_config(run_dir: Path) -> dict[str, Any]:
     for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if path.is_file():
-            cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-            assert isinstance(cfg, dict)
-            return {str(k): v for k, v in cfg.items()}
+            return plain(OmegaConf.load(path))
     raise FileNotFoundError(f"{run_dir} has no config.yaml or .hydra/config.yaml; is it a run "
                             "folder written by python -m search?")
 
@@ -178,13 +177,13 @@ def compare_exits(record: RunRecord, split: SplitPredictions, config: EENNConfig
 
 
 def _figures(record: RunRecord, paths: PathCosts, n_exits: int) -> dict[str, Any]:
-    counts = np.bincount(record.exit, minlength=n_exits + 1)
+    fractions, _ = exit_shares(np.bincount(record.exit, minlength=n_exits + 1))
     return {
         "accuracy": record.accuracy,
         "macs": float(paths.macs[record.exit].mean()),
         "energy_j": float(paths.energy_j[record.exit].mean()),
         "latency_s": float(paths.latency_s[record.exit].mean()),
-        "exit_fractions": json.dumps((counts / max(len(record.exit), 1)).round(6).tolist()),
+        "exit_fractions": json.dumps([round(f, 6) for f in fractions]),
     }
 
 

@@ -20,26 +20,23 @@ import hydra
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from evaluators.models import build_architecture
-from spaces import BackboneProfile, profile_backbone
+from evaluators.plain import plain
+from spaces import BackboneProfile, candidate_options, profile_backbone
 
 __all__ = ["build_backbone_and_input", "inspect", "main"]
-
-_OPTIONS = ("max_candidates", "min_mac_fraction", "modules", "tail_fraction")
 
 
 def _model_cfg(cfg: DictConfig) -> dict[str, Any]:
     model = cfg.get("model")
     if model is None:
         raise ValueError("no model config; pass model=<name> (a file in conf/model/)")
-    plain = OmegaConf.to_container(model, resolve=True)
-    assert isinstance(plain, dict)
-    return {str(k): v for k, v in plain.items()}
+    return plain(model)
 
 
 def _input_shape(model: Mapping[str, Any]) -> tuple[int, ...]:
@@ -127,10 +124,7 @@ def inspect(cfg: DictConfig) -> pd.DataFrame:
     """One row per exit candidate of ``cfg.model``; totals in ``DataFrame.attrs``."""
     model_cfg = _model_cfg(cfg)
     net, example = build_backbone_and_input(model_cfg)
-    options = dict(model_cfg.get("candidates") or {})
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown model.candidates key {unknown[0]!r}; use {', '.join(_OPTIONS)}")
+    options = candidate_options(model_cfg.get("candidates"))
     return _frame(profile_backbone(net, example, **options))
 
 

@@ -18,21 +18,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from evaluators.backbone import BackboneInfo, get_backbone, resolve_device
+from evaluators.backbone import BackboneInfo, get_backbone
 from evaluators.costs import BackboneCosts
 from evaluators.data import DataSplits, load_data
+from evaluators.device import resolve_device
 from evaluators.features import FeatureStore, extract_features
 from evaluators.head_training import TrainedHeads, train_heads
 from evaluators.heads import HeadFamily, head_costs, head_family_from_config
+from evaluators.plain import plain
 from evaluators.platform import Platform, platform_from_config
 from evaluators.predictions import PredictionTable
 from evaluators.tables import build_prediction_table
-from spaces.profile import BackboneProfile, profile_backbone
+from spaces.profile import BackboneProfile, candidate_options, profile_backbone
 
-__all__ = ["Prepared", "plain", "prepare", "seed_everything"]
+__all__ = ["Prepared", "prepare", "seed_everything"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -51,29 +53,11 @@ class Prepared:
     platform: Platform
 
 
-def plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of a config node (dicts and lists pass through)."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
 def seed_everything(seed: int) -> None:
     """The run's one seed, set in one place (Python, numpy, torch)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _candidate_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    opts = dict(model_cfg.get("candidates") or {})
-    known = {"max_candidates", "min_mac_fraction", "tail_fraction", "modules"}
-    unknown = set(opts) - known
-    if unknown:
-        raise ValueError(
-            f"unknown model.candidates option(s) {sorted(unknown)}; use {sorted(known)}"
-        )
-    return {k: v for k, v in opts.items() if v is not None}
 
 
 def prepare(cfg: Mapping[str, Any] | DictConfig, *, progress: bool = True) -> Prepared:
@@ -88,7 +72,7 @@ def prepare(cfg: Mapping[str, Any] | DictConfig, *, progress: bool = True) -> Pr
     data = load_data(cfg["data"], seed=seed)
     model, info = get_backbone(cfg["model"], data, cache_dir=cache_dir, seed=seed, device=device)
     example = torch.zeros(1, *data.input_shape)
-    profile = profile_backbone(model, example, **_candidate_options(cfg["model"]))
+    profile = profile_backbone(model, example, **candidate_options(cfg["model"].get("candidates")))
     if not profile.candidates:
         raise ValueError(
             f"model {cfg['model'].get('name')!r} has no exit candidate; lower "

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from evaluators.eenn import EENNConfig, ExitChoice
+from evaluators.eenn import EENNConfig, ExitChoice, exit_shares
 from evaluators.proxy import ConstraintSpec, ProxyEvaluator, ProxyScores
 
 __all__ = ["TrialLog", "choose", "config_from_json", "config_to_json", "hypervolumes",
@@ -48,9 +48,8 @@ def config_from_json(text: str) -> EENNConfig:
 
 def _exit_lists(cfg: EENNConfig, s: ProxyScores, p: int) -> tuple[list[float], list[float | None]]:
     cands = [e.candidate for e in cfg.exits]
-    n = [int(x) for x in s.exit_count[p, cands]] + [int(s.final_count[p])]
-    ok = [int(x) for x in s.exit_correct[p, cands]] + [int(s.final_correct[p])]
-    return [x / s.n_samples for x in n], [o / x if x else None for o, x in zip(ok, n, strict=True)]
+    return exit_shares([*s.exit_count[p, cands], s.final_count[p]],
+                       [*s.exit_correct[p, cands], s.final_correct[p]])
 
 
 def scores_to_records(*, configs: Sequence[EENNConfig], scores: ProxyScores, F: NDArray[np.float64],

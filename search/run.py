@@ -19,9 +19,10 @@ from rich.table import Table
 
 from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
+from evaluators.plain import plain
 from evaluators.proxy import ProxyEvaluator
 from search.loop import SearchResult, run_search
-from search.pipeline import Prepared, plain, prepare
+from search.pipeline import Prepared, prepare
 from search.report import write_report
 from spaces.space import build_space
 

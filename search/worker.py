@@ -77,9 +77,10 @@ def _settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
 def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
          progress: bool = True) -> WorkerOutcome:
     """Prepare (cached), then run this worker's share of the shared study into ``run_dir``."""
+    from evaluators.plain import plain
     from evaluators.proxy import ProxyEvaluator
     from search.loop import run_search
-    from search.pipeline import plain, prepare
+    from search.pipeline import prepare
     from spaces.space import build_space
 
     cfg = plain(cfg)

@@ -8,7 +8,6 @@ downstream caches notice any change.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from evaluators.data._pool import ArrayDataset, DataError, Pool
 from evaluators.data._splits import SPLITS, SplitError, stratified_split
+from evaluators.hashing import hash_tensors
+from evaluators.plain import plain
 
 __all__ = ["LOADERS", "ArrayDataset", "DataError", "DataSplits", "load_data"]
 
@@ -48,12 +48,6 @@ class DataSplits:
     fingerprint: str
 
 
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    return dict(cfg)
-
-
 def _loader(name: str) -> Callable[..., Pool]:
     if name not in LOADERS:
         raise DataError(f"unknown data.loader={name!r}; use one of {', '.join(sorted(LOADERS))}")
@@ -78,20 +72,24 @@ def _fit_norm(
 
 
 def _fingerprint(name: str, parts: dict[str, ArrayDataset], indices: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256(name.encode())
-    for split in SPLITS:
-        ds = parts[split]
-        for arr in (indices[split], ds.labels, ds.inputs, ds.mean, ds.std):
-            t = torch.as_tensor(arr).contiguous()
-            h.update(f"{split}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes())
-        h.update(str(ds.scale).encode())
-    return h.hexdigest()
+    """Hash of every split's indices, labels, inputs and normalisation (a downstream cache key)."""
+    named = [
+        (f"{split}.{field}", value)
+        for split in SPLITS
+        for field, value in (
+            ("indices", indices[split]),
+            ("labels", parts[split].labels),
+            ("inputs", parts[split].inputs),
+            ("mean", parts[split].mean),
+            ("std", parts[split].std),
+        )
+    ]
+    return hash_tensors(named, salt=f"{name}|" + "|".join(str(parts[s].scale) for s in SPLITS))
 
 
 def load_data(cfg_data: Mapping[str, Any], *, seed: int) -> DataSplits:
     """Load the dataset described by ``cfg_data`` (a ``conf/data`` group) and split it."""
-    cfg = _plain(cfg_data)
+    cfg = plain(cfg_data)
     name = str(cfg.get("name") or cfg.get("loader") or "data")
     pool = _loader(str(cfg.get("loader", name)))(cfg, seed=seed)
     num_classes = len(pool.class_names)
