@@ -18,9 +18,10 @@ deep segments do not run on a batch's few survivors.
 Float32 CPU kernels (MKL/oneDNN GEMM and convolution) do not promise the same
 bits for a sample in batches of different size or layout: a head's confidence
 can differ from the table's in the last bit or two (~1e-8). A decision can only
-flip for a sample whose confidence sits within that noise of a threshold; the
-quantile threshold grid puts one val sample exactly on each threshold, so such
-ties exist. :func:`search.evaluate.compare_exits` reports them separately.
+flip for a sample whose confidence sits within that noise of a threshold. The
+search's threshold grid lies between val confidences (see :mod:`spaces.space`),
+but test samples or hand-set thresholds can sit that close;
+:func:`search.evaluate.compare_exits` reports such ties separately.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Channel width grows with depth while the resolution shrinks (28 -> 14 -> 7 -> 4), so the first
 three block outputs (about 21 % of the MACs) are cheap early-exit points and the deep blocks
-are what an early exit saves. Trains to about 98 % test accuracy on MNIST-5k (3,000 training
-images) in 8 epochs on one CPU thread (see benchmarks/bench_mnist_backbone.py).
+are what an early exit saves. The recipe in conf/model/mnist_cnn.yaml trains it on MNIST-5k
+(3,000 training images) on one CPU thread; benchmarks/bench_mnist_backbone.py records its time
+and test accuracy, and a slow test checks the accuracy stays >= 97 %.
 """
 
 from __future__ import annotations
