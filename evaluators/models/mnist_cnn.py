@@ -11,21 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import nn
+from evaluators.models._plain_cnn import PlainCNN
 
 __all__ = ["MnistCNN"]
 
 
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class MnistCNN(nn.Module):
+class MnistCNN(PlainCNN):
     """Conv-BN-ReLU blocks (``widths``, ``strides``), global average pooling, linear classifier."""
 
     def __init__(
@@ -36,19 +27,5 @@ class MnistCNN(nn.Module):
         widths: Sequence[int] = (8, 16, 32, 32, 64, 64, 128),
         strides: Sequence[int] = (1, 2, 1, 2, 1, 1, 2),
     ) -> None:
-        super().__init__()
-        if len(widths) != len(strides) or not widths:
-            raise ValueError(
-                f"model.kwargs.widths={list(widths)} and strides={list(strides)} need the same "
-                "non-zero length"
-            )
-        channels = [in_channels, *widths]
-        self.features = nn.Sequential(
-            *(_block(channels[i], channels[i + 1], s) for i, s in enumerate(strides))
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(widths[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(x)), 1))
-        return logits
+        super().__init__(dims=2, num_classes=num_classes, in_channels=in_channels,
+                         widths=widths, strides=strides, kernel=3)
