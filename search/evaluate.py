@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from numpy.typing import NDArray
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +33,7 @@ from evaluators.costs import PathCosts, path_costs
 from evaluators.eenn import METRICS, EENNConfig
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
+from search import rundir
 from search.errors import one_line_errors
 from search.pipeline import Prepared, prepare
 from search.results import config_from_json
@@ -43,7 +42,7 @@ from search.runtime import RunRecord, build_eenn, run_dataset
 __all__ = ["EVALUATED", "TIE_TOLERANCE", "LoadedRun", "compare_exits", "evaluate_run",
            "load_run", "main", "predicted_exits", "select_trials"]
 
-EVALUATED = "evaluated.csv"
+EVALUATED = rundir.EVALUATED
 TIE_TOLERANCE = 1e-6  # |table confidence - threshold| below which float32 kernel noise may flip
 
 
@@ -59,39 +58,14 @@ class LoadedRun:
     prepared: Prepared
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
-        if path.is_file():
-            cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-            assert isinstance(cfg, dict)
-            return {str(k): v for k, v in cfg.items()}
-    raise FileNotFoundError(f"{run_dir} has no config.yaml or .hydra/config.yaml; is it a run "
-                            "folder written by python -m search?")
-
-
-def _read_results(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    missing = [f for f in ("trials.parquet", "summary.json") if not (run_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir} has no {' or '.join(missing)}: the run has no results "
-                                "yet; finish it with python -m search (same hydra.run.dir)")
-    try:
-        trials = pd.read_parquet(run_dir / "trials.parquet")
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except Exception as err:  # pyarrow and json raise several types for a damaged file
-        raise ValueError(f"{run_dir}: results are unreadable ({err}); rerun python -m search") \
-            from err
-    chosen_path = run_dir / "chosen.yaml"
-    chosen = yaml.safe_load(chosen_path.read_text()) if chosen_path.is_file() else {}
-    return trials, summary, chosen or {}
-
-
 def load_run(run_dir: Path, *, progress: bool = False) -> LoadedRun:
     """Reload ``run_dir``; the backbone and candidates must be those the run searched."""
     run_dir = Path(run_dir)
-    trials, summary, chosen = _read_results(run_dir)
-    cfg = _read_config(run_dir)
+    folder = rundir.load_run(run_dir)
+    trials, summary, chosen, cfg = folder.trials, folder.summary, folder.chosen or {}, folder.config
+    if cfg is None:
+        raise FileNotFoundError(f"{run_dir} has no config.yaml or .hydra/config.yaml; is it a run "
+                                "folder written by python -m search?")
     model_cfg = cfg.get("model") or {}
     if not model_cfg.get("checkpoint") and summary.get("backbone_checkpoint"):
         # the run trained its backbone: reuse that very file, never retrain behind the user's back

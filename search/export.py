@@ -35,6 +35,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+import search.rundir as rundir
 from evaluators.costs import BackboneCosts, device_memory, path_costs
 from evaluators.features import iter_batches, pooled_shape
 from evaluators.heads import ExitHead
@@ -46,7 +47,7 @@ from spaces.candidates import ExitCandidate
 
 __all__ = ["ExportError", "ExportResult", "export_eenn", "main", "run_manifest"]
 
-MANIFEST = "manifest.json"
+MANIFEST = rundir.MANIFEST
 _TOLERANCE = 1e-4
 
 
@@ -394,7 +395,7 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
     n_test = test_scores.n_samples
     test_frac = [*(test_scores.exit_count[0, cands] / n_test), test_scores.final_count[0] / n_test]
     result = export_eenn(
-        eenn, out_dir=out or Path(run_dir) / "export" / f"trial_{trial}",
+        eenn, out_dir=out or rundir.export_dir(run_dir, trial),
         example=_stack(prep.data.val)[:256], platform=prep.platform, costs=prep.costs,
         candidates=prep.profile.candidates,
         fractions={"val": json.loads(str(row["exit_fractions"])), "test": test_frac},

@@ -1,11 +1,8 @@
-"""Run-folder results: trials.parquet (incremental), pareto.csv, chosen.yaml.
+"""Writing a run's results: trials.parquet (incremental), pareto.csv, chosen.yaml.
 
-Columns follow the shared schema (see the project's schema brief); extra
-columns: ``accuracy_drop`` and ``accuracy_drop_ub`` (observed drop vs the
-backbone on val and its upper confidence bound), ``memory_ratio`` (worst
-bytes/capacity over devices), ``worst_latency_s`` (a sample that runs to the
-backbone classifier) and ``device_fractions`` (JSON, share of val samples
-finishing on each device). Hypervolumes come from pymoo.
+The files, their columns and the Pareto flags are those of the run-folder
+contract (:mod:`search.rundir`, documented in results/README.md); this module
+fills them from the proxy's scores.
 """
 
 from __future__ import annotations
@@ -19,31 +16,23 @@ import numpy as np
 import pandas as pd
 import yaml
 from numpy.typing import NDArray
-from pymoo.indicators.hv import HV
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from evaluators.eenn import EENNConfig, ExitChoice
+from evaluators.eenn import EENNConfig
 from evaluators.proxy import ConstraintSpec, ProxyEvaluator, ProxyScores
+from search.rundir import (
+    CHOSEN,
+    PARETO,
+    TRIALS,
+    config_from_json,
+    config_to_json,
+    hypervolumes,
+    pareto_flags,
+)
 
+# config_from_json, config_to_json and hypervolumes are search.rundir's, re-exported for callers
+# that still import them from here
 __all__ = ["TrialLog", "choose", "config_from_json", "config_to_json", "hypervolumes",
            "scores_to_records", "write_results"]
-
-TRIALS, PARETO, CHOSEN = "trials.parquet", "pareto.csv", "chosen.yaml"
-
-
-def config_to_json(cfg: EENNConfig) -> str:
-    """The schema's JSON form of an EENN configuration."""
-    return json.dumps({"exits": [{"candidate": e.candidate, "head": e.head,
-                                  "threshold": e.threshold} for e in cfg.exits],
-                       "boundaries": list(cfg.boundaries), "metric": cfg.metric})
-
-
-def config_from_json(text: str) -> EENNConfig:
-    """Inverse of :func:`config_to_json`."""
-    d = json.loads(text)
-    return EENNConfig(exits=tuple(ExitChoice(candidate=int(e["candidate"]), head=int(e["head"]),
-                                             threshold=float(e["threshold"])) for e in d["exits"]),
-                      boundaries=tuple(int(b) for b in d["boundaries"]), metric=str(d["metric"]))
 
 
 def _exit_lists(cfg: EENNConfig, s: ProxyScores, p: int) -> tuple[list[float], list[float | None]]:
@@ -79,18 +68,6 @@ def scores_to_records(*, configs: Sequence[EENNConfig], scores: ProxyScores, F: 
     df["feasible"] = (G <= 0).all(axis=1) if G.size else True
     df["pareto"] = False
     return df
-
-
-def _pareto_flags(df: pd.DataFrame, objectives: Sequence[str]) -> NDArray[np.bool_]:
-    """Non-dominated among feasible rows of the same strategy."""
-    flags = np.zeros(len(df), dtype=bool)
-    cols = [f"obj_{o}" for o in objectives]
-    for _, idx in df[df["feasible"]].groupby("strategy").groups.items():
-        pos = df.index.get_indexer(idx)
-        front = NonDominatedSorting().do(df.loc[idx, cols].to_numpy(float),
-                                         only_non_dominated_front=True)
-        flags[pos[front]] = True
-    return flags
 
 
 class TrialLog:
@@ -140,32 +117,11 @@ class TrialLog:
         df = self.frame
         if not len(df):
             return
-        df["pareto"] = _pareto_flags(df, self.objectives)
+        df["pareto"] = pareto_flags(df, self.objectives)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.parquet")
         df.to_parquet(tmp, index=False)
         tmp.replace(self.path)
-
-
-def hypervolumes(df: pd.DataFrame,
-                 objectives: Sequence[str]) -> tuple[dict[str, float], list[float]]:
-    """pymoo hypervolume of each strategy's feasible points, objectives scaled to [0, 1].
-
-    Ideal and nadir are taken over the feasible points of all strategies; the
-    reference point is nadir + 10% of the range (returned in raw units).
-    """
-    cols = [f"obj_{o}" for o in objectives]
-    feas = df[df["feasible"]] if len(df) else df
-    if not len(feas):
-        return {}, []
-    F = feas[cols].to_numpy(float)
-    ideal, nadir = F.min(axis=0), F.max(axis=0)
-    span = np.where(nadir > ideal, nadir - ideal, np.maximum(np.abs(nadir), 1.0) * 1e-9)
-    nadir = ideal + span
-    ref = nadir + 0.1 * span
-    hv = HV(ref_point=ref, ideal=ideal, nadir=nadir, zero_to_one=True)
-    out = {str(s): float(hv(g[cols].to_numpy(float))) for s, g in feas.groupby("strategy")}
-    return out, ref.tolist()
 
 
 def choose(df: pd.DataFrame, objectives: Sequence[str],

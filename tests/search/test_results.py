@@ -1,4 +1,4 @@
-"""Results writing: config JSON, Pareto flags, choice, pymoo hypervolume, bad files."""
+"""Results writing: Pareto flags in trials.parquet, choice, hypervolume per strategy, bad files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import pandas as pd
 import pytest
 
 from evaluators.eenn import EENNConfig, ExitChoice
-from search.results import (
-    TrialLog,
-    choose,
-    config_from_json,
-    config_to_json,
-    hypervolumes,
-)
+from search.results import TrialLog, choose
+from search.rundir import config_from_json, config_to_json, hypervolumes
 
 
 def _frame(points, strategy="s", feasible=None) -> pd.DataFrame:
