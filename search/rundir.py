@@ -57,38 +57,12 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from evaluators.eenn import EENNConfig, ExitChoice
 
 __all__ = [
-    "CHOSEN",
-    "CONFIG",
-    "EVALUATED",
-    "EXPORT",
-    "HV_REFERENCE",
-    "HYDRA_CONFIG",
-    "MANIFEST",
-    "MANIFEST_INT8",
-    "OPTUNA_DB",
-    "PARETO",
-    "REPORT",
-    "SCHEMA_VERSION",
-    "SUMMARY_JSON",
-    "SUMMARY_TXT",
-    "TRIALS",
-    "WORKER",
-    "HypervolumeScale",
-    "Run",
-    "RunFolderError",
-    "check_schema_version",
-    "config_from_json",
-    "config_to_json",
-    "export_dir",
-    "front_mask",
-    "hypervolume_curve",
-    "hypervolume_scale",
-    "hypervolume_summary",
-    "hypervolumes",
-    "load_run",
-    "non_dominated",
-    "pareto_flags",
-    "write_summary",
+    "CHOSEN", "CONFIG", "EVALUATED", "EXPORT", "HV_REFERENCE", "HYDRA_CONFIG", "MANIFEST",
+    "MANIFEST_INT8", "OPTUNA_DB", "PARETO", "REPORT", "SCHEMA_VERSION", "SUMMARY_JSON",
+    "SUMMARY_TXT", "TRIALS", "WORKER", "HypervolumeScale", "Run", "RunFolderError",
+    "check_schema_version", "config_from_json", "config_to_json", "export_dir", "front_mask",
+    "hypervolume_curve", "hypervolume_scale", "hypervolume_summary", "hypervolumes", "load_run",
+    "non_dominated", "pareto_flags", "write_summary"
 ]
 
 #: Version of the layout below; written into summary.json, checked by :func:`load_run`.
@@ -102,8 +76,8 @@ SUMMARY_TXT = "summary.txt"  # the closing terminal table (search.run)
 CONFIG = "config.yaml"  # the composed, resolved config (search.run)
 HYDRA_CONFIG = ".hydra/config.yaml"  # Hydra's copy, read when config.yaml is absent
 REPORT = "report.html"  # search.report.write_report
-EVALUATED = "evaluated.csv"  # python -m search.evaluate
-EXPORT = "export"  # python -m search.export: export/trial_<n>/
+EVALUATED = "evaluated.csv"  # evaluate: the points run as real EENNs
+EXPORT = "export"  # export: export/trial_<n>/ (export_dir)
 MANIFEST = "manifest.json"  # in an export folder, beside stage<i>_<device>.onnx
 MANIFEST_INT8 = "manifest_int8.json"  # in an export folder, with --int8
 OPTUNA_DB = "optuna.db"  # the Optuna backends' study when no storage URL is given
@@ -120,7 +94,7 @@ class RunFolderError(ValueError):
 
 
 def export_dir(run_dir: Path, trial: int) -> Path:
-    """Where ``python -m search.export`` writes trial ``trial``'s graphs and manifest."""
+    """Where export writes trial ``trial``'s graphs and manifest."""
     return Path(run_dir) / EXPORT / f"trial_{int(trial)}"
 
 
@@ -293,7 +267,7 @@ def check_schema_version(summary: Mapping[str, Any], *, where: Path) -> int:
             or not 1 <= version <= SCHEMA_VERSION:
         raise RunFolderError(
             f"{where / SUMMARY_JSON} has schema_version={version!r}, this code reads versions "
-            f"1..{SCHEMA_VERSION}; read it with the eenn-search release that wrote it")
+            f"1..{SCHEMA_VERSION}; update eenn-search or read it with the release that wrote it")
     return version
 
 
