@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,16 @@ def config_from_json(text: str) -> EENNConfig:
                       boundaries=tuple(int(b) for b in d["boundaries"]), metric=str(d["metric"]))
 
 
+_TEXT: dict[Any, str] = {None: "null"}  # number -> its JSON text (values repeat: counts / N)
+
+
 def _json_list(row: Sequence[Any]) -> str:
     """``json.dumps`` of a flat list of numbers and None, without its per-call overhead."""
-    return "[" + ", ".join("null" if v is None else repr(v) for v in row) + "]"
+    text = _TEXT
+    if len(text) > 1_000_000:
+        text.clear()
+        text[None] = "null"
+    return "[" + ", ".join([text.get(v) or text.setdefault(v, repr(v)) for v in row]) + "]"
 
 
 def batch_to_json(batch: ConfigBatch) -> list[str]:
@@ -203,7 +211,7 @@ class TrialLog:
             self._frames.append(rows)
         else:
             self._batches.append(dict(rows))
-        for strategy, n in pd.Series(rows["strategy"]).value_counts().items():
+        for strategy, n in Counter(rows["strategy"]).items():
             self._counts[str(strategy)] = self._counts.get(str(strategy), 0) + int(n)
         self._next = max(self._next, int(np.max(rows["trial"])) + 1)
 

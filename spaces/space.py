@@ -83,6 +83,7 @@ class EarlyExitSpace:
     _device_map: I64 = field(init=False, repr=False)
     _grid: F64 | None = field(init=False, repr=False)  # (M, C, H, L) in metrics order
     _first: I64 | None = field(init=False, repr=False)  # first level of equal value
+    _slices: dict[str, slice] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         allowed = self.allowed_devices or tuple(range(self.n_devices))
@@ -102,6 +103,11 @@ class EarlyExitSpace:
             steps[..., 1:] = grid[..., 1:] != grid[..., :-1]
             first = np.maximum.accumulate(
                 np.where(steps, np.arange(grid.shape[-1]), 0), axis=-1).astype(np.int64)
+        c_n, n_links = 3 * self.n_candidates, self.n_devices - 1
+        object.__setattr__(self, "_slices", {
+            "on": slice(0, c_n, 3), "head": slice(1, c_n, 3), "thr": slice(2, c_n, 3),
+            "b": slice(c_n, c_n + n_links),
+            "metric": slice(c_n + n_links, c_n + n_links + (len(self.metrics) > 1))})
         object.__setattr__(self, "_grid", grid)
         object.__setattr__(self, "_first", first)
         if self.pinned_boundaries:
@@ -155,10 +161,7 @@ class EarlyExitSpace:
 
     def _cols(self, gene: str) -> slice:
         """Columns of one gene family: ``on``, ``head``, ``thr`` (stride 3), ``b``, ``metric``."""
-        c_n = 3 * self.n_candidates
-        return {"on": slice(0, c_n, 3), "head": slice(1, c_n, 3), "thr": slice(2, c_n, 3),
-                "b": slice(c_n, c_n + self.n_links),
-                "metric": slice(c_n + self.n_links, self.n_genes)}[gene]
+        return self._slices[gene]
 
     # ---- populations as matrices ----------------------------------------------------------
 
@@ -253,8 +256,8 @@ class EarlyExitSpace:
         X[:, self._cols("thr")] = (rng.integers(self.n_levels, size=(n, c_n))
                                    if self._grid is not None else rng.uniform(lo, hi, (n, c_n)))
         X[:, self._cols("b")] = rng.integers(c_n + 2, size=(n, self.n_links))
-        X[:, self._cols("metric")] = rng.integers(len(self.metrics), size=(n, 1))[
-            :, :self.n_genes - 3 * c_n - self.n_links]
+        if len(self.metrics) > 1:
+            X[:, self._cols("metric")] = rng.integers(len(self.metrics), size=(n, 1))
         return self.repair_matrix(X)
 
     def batch(self, X: F64) -> ConfigBatch:

@@ -225,6 +225,9 @@ class PymooNSGA2:
         X = (self._fresh(self._space.sample_matrix, self._size) if self._pop is None else
              self._fresh(self._offspring, self._size))
         self._pending = X[:max(0, n)]
+        if len(X) > len(self._pending):  # asked for fewer: the rest was never evaluated
+            self._seen.difference_update(self._space.keys(
+                self._space.repair_matrix(X[len(self._pending):])))
         return self._pending
 
     def _offspring(self, n: int, rng: np.random.Generator) -> F64:
@@ -236,23 +239,27 @@ class PymooNSGA2:
         return self._space.repair_matrix(children, rng, keep_inactive=self._keep)
 
     def _fresh(self, make: Any, n: int) -> F64:
-        """Rows from ``make(count, rng)`` whose canonical EENN is new, until ``n`` or no more."""
+        """Rows from ``make(n, rng)`` whose canonical EENN is new, until ``n`` or no more.
+
+        Every round draws a full ``n`` (pymoo draws only the missing number): the accepted
+        rows are the first new ones of i.i.d. rounds either way, and fewer rounds are cheaper.
+        """
         rows: list[F64] = []
-        batch: set[bytes] = set()
         for _ in range(_MAX_TRIES):
-            X = make(n - len(rows), self._rng)
+            X = make(n, self._rng)
             for row, key in zip(X, self._space.keys(self._space.repair_matrix(X)), strict=True):
-                if key not in self._seen and key not in batch and len(rows) < n:
-                    batch.add(key)
+                if key not in self._seen:
+                    self._seen.add(key)  # seen from now on: evaluated before the next ask
                     rows.append(row)
-            if len(rows) >= n:
+                    if len(rows) == n:
+                        break
+            if len(rows) == n:
                 break
         return np.array(rows, dtype=np.float64).reshape(-1, self._space.n_genes)
 
     def tell(self, X: F64, F: F64, G: F64) -> None:
         if self._pending is None or len(self._pending) != len(X):
             raise RuntimeError("tell() must answer the rows of the last ask()")
-        self._seen.update(self._space.keys(self._space.repair_matrix(X)))
         cv = _violation(G)
         if self._pop is None:  # the first generation: ranked, all kept
             self._pop = _survive(np.asarray(X, np.float64), F, cv, len(X), self._rng)
