@@ -20,9 +20,9 @@ bits for a sample in batches of different size or layout: a head's confidence
 can differ from the table's in the last bit or two (~1e-8). A decision can only
 flip for a sample whose confidence sits within that noise of a threshold. The
 space puts each threshold halfway between two neighbouring val confidences
-(``spaces.space``), so on val that happens only where two val confidences are
-themselves that close; test samples, and thresholds written by hand, can sit
-anywhere. :func:`search.deploy.evaluate.compare_exits` counts such float32 ties
+(``spaces._thresholds``), so on val that happens only where two val
+confidences are themselves that close; test samples, and thresholds written by
+hand, can sit anywhere. :func:`search.deploy.evaluate.compare_exits` counts such float32 ties
 apart from real mismatches.
 """
 
