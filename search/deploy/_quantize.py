@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from search._onnx_runner import RunnerOutput, run_manifest
+from search.deploy._onnx_runner import RunnerOutput, run_manifest
 
 __all__ = ["MANIFEST_INT8", "agreement", "quantize_manifest"]
 
