@@ -8,7 +8,9 @@ fills them from the proxy's scores.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ import pandas as pd
 import yaml
 from numpy.typing import NDArray
 
-from evaluators.eenn import EENNConfig
-from evaluators.proxy import ConstraintSpec, ProxyEvaluator, ProxyScores
+from evaluators.eenn import METRICS, EENNConfig
+from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
 from search.rundir import (
     CHOSEN,
     PARETO,
@@ -31,53 +33,120 @@ from search.rundir import (
 
 # config_from_json, config_to_json and hypervolumes are search.rundir's, re-exported for callers
 # that still import them from here
-__all__ = ["TrialLog", "choose", "config_from_json", "config_to_json", "hypervolumes",
-           "scores_to_records", "write_results"]
+__all__ = ["TrialLog", "batch_to_json", "choose", "config_from_json", "config_to_json",
+           "exit_arrays", "exit_lists", "hypervolumes", "scores_to_records", "write_results"]
 
 
-def _exit_lists(cfg: EENNConfig, s: ProxyScores, p: int) -> tuple[list[float], list[float | None]]:
-    cands = [e.candidate for e in cfg.exits]
-    n = [int(x) for x in s.exit_count[p, cands]] + [int(s.final_count[p])]
-    ok = [int(x) for x in s.exit_correct[p, cands]] + [int(s.final_correct[p])]
-    return [x / s.n_samples for x in n], [o / x if x else None for o, x in zip(ok, n, strict=True)]
+_TEXT: dict[Any, str] = {None: "null"}  # number -> its JSON text (values repeat: counts / N)
 
 
-def scores_to_records(*, configs: Sequence[EENNConfig], scores: ProxyScores, F: NDArray[np.float64],
+def _json_list(row: Sequence[Any]) -> str:
+    """``json.dumps`` of a flat list of numbers and None, without its per-call overhead."""
+    text = _TEXT
+    if len(text) > 1_000_000:
+        text.clear()
+        text[None] = "null"
+    return "[" + ", ".join([text.get(v) or text.setdefault(v, repr(v)) for v in row]) + "]"
+
+
+def batch_to_json(batch: ConfigBatch) -> list[str]:
+    """The schema's JSON form (exactly :func:`config_to_json`'s text) of every row of a batch."""
+    out = []
+    for cand, head, thr, bnd, met in zip(batch.candidate.tolist(), batch.head.tolist(),
+                                         batch.threshold.tolist(), batch.boundaries.tolist(),
+                                         batch.metric.tolist(), strict=True):
+        exits = ", ".join(f'{{"candidate": {c}, "head": {h}, "threshold": {t!r}}}'
+                          for c, h, t in zip(cand, head, thr, strict=True) if c >= 0)
+        out.append(f'{{"exits": [{exits}], "boundaries": {_json_list(bnd)}, '
+                   f'"metric": "{METRICS[met]}"}}')
+    return out
+
+
+def exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(P, K+1) samples leaving at each active exit (in order) then at the backbone, and correct."""
+    at = np.maximum(batch.candidate, 0)
+    valid = batch.candidate >= 0
+    counts = np.where(valid, np.take_along_axis(s.exit_count, at, axis=1), 0)
+    correct = np.where(valid, np.take_along_axis(s.exit_correct, at, axis=1), 0)
+    # the backbone's share goes right after each row's last exit (rows have different lengths)
+    k = valid.sum(axis=1)
+    counts = np.concatenate([counts, np.zeros((len(k), 1), np.int64)], axis=1)
+    correct = np.concatenate([correct, np.zeros((len(k), 1), np.int64)], axis=1)
+    rows = np.arange(len(k))
+    counts[rows, k], correct[rows, k] = s.final_count, s.final_correct
+    return counts, correct
+
+
+def exit_lists(batch: ConfigBatch, s: ProxyScores) -> tuple[list[list[float]],
+                                                             list[list[float | None]]]:
+    """Per row: share of samples leaving at each active exit then the backbone, and the
+    accuracy of those samples (None where none leave)."""
+    counts, correct = exit_arrays(batch, s)
+    k = ((batch.candidate >= 0).sum(axis=1) + 1).tolist()
+    acc = np.divide(correct, counts, out=np.zeros(counts.shape), where=counts > 0).tolist()
+    shares = (counts / s.n_samples).tolist()
+    left = (counts > 0).tolist()
+    return ([r[:kk] for r, kk in zip(shares, k, strict=True)],
+            [[a if n else None for a, n in zip(ra[:kk], rn[:kk], strict=True)]
+             for ra, rn, kk in zip(acc, left, k, strict=True)])
+
+
+def scores_to_records(*, batch: ConfigBatch, scores: ProxyScores, F: NDArray[np.float64],
                       G: NDArray[np.float64], objectives: Sequence[str],
                       constraint_names: Sequence[str], strategy: str, generation: int,
-                      first_trial: int, confidence: float) -> pd.DataFrame:
-    """One schema row per configuration (``pareto`` is filled in by :class:`TrialLog`)."""
-    fr, acc = zip(*(_exit_lists(c, scores, p) for p, c in enumerate(configs)), strict=True)
-    df = pd.DataFrame({
-        "trial": np.arange(first_trial, first_trial + len(configs), dtype=np.int64),
-        "strategy": strategy, "generation": np.int64(generation),
-        "config": [config_to_json(c) for c in configs],
+                      first_trial: int, confidence: float) -> dict[str, Any]:
+    """The schema's columns for one batch (``pareto`` is filled in by :class:`TrialLog`)."""
+    fr, acc = exit_lists(batch, scores)
+    n = len(F)
+    cols: dict[str, Any] = {
+        "trial": np.arange(first_trial, first_trial + n, dtype=np.int64),
+        "strategy": [strategy] * n, "generation": np.full(n, generation, dtype=np.int64),
+        "config": batch_to_json(batch),
         "accuracy": scores.accuracy, "error": 1.0 - scores.accuracy, "macs": scores.macs,
         "energy_j": scores.energy_j, "latency_s": scores.latency_s,
-        "exit_fractions": [json.dumps(x) for x in fr],
-        "exit_accuracy": [json.dumps(x) for x in acc],
+        "exit_fractions": [_json_list(x) for x in fr],
+        "exit_accuracy": [_json_list(x) for x in acc],
         "accuracy_drop": scores.accuracy_drop,
         "accuracy_drop_ub": scores.accuracy_drop_upper(confidence),
         "memory_ratio": scores.memory_ratio, "worst_latency_s": scores.worst_latency_s,
-        "device_fractions": [json.dumps(x) for x in scores.finish_fraction.round(6).tolist()],
-    })
+        "device_fractions": [_json_list(x) for x in scores.finish_fraction.round(6).tolist()],
+    }
     for i, name in enumerate(objectives):
-        df[f"obj_{name}"] = F[:, i]
+        cols[f"obj_{name}"] = F[:, i]
     for i, name in enumerate(constraint_names):
-        df[f"cv_{name}"] = G[:, i]
-    df["feasible"] = (G <= 0).all(axis=1) if G.size else True
-    df["pareto"] = False
-    return df
+        cols[f"cv_{name}"] = G[:, i]
+    cols["feasible"] = (G <= 0).all(axis=1) if G.size else np.ones(n, dtype=bool)
+    cols["pareto"] = np.zeros(n, dtype=bool)
+    return cols
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Join one column's batches (arrays or lists)."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [x for p in parts for x in p]
 
 
 class TrialLog:
-    """All trials of a run; rewrites trials.parquet atomically on every :meth:`flush`."""
+    """All trials of a run, written to trials.parquet (temp file, then rename).
+
+    Batches are kept in memory and the file is rewritten by :meth:`flush`
+    (at the end of a search and on interruption) or by :meth:`flush_if_due`
+    at most every ``interval_s`` seconds, so a long search does not spend its
+    time rewriting a growing file; a process killed outright loses at most
+    the last interval.
+    """
 
     def __init__(self, run_dir: Path, *, objectives: Sequence[str],
-                 constraint_names: Sequence[str]) -> None:
+                 constraint_names: Sequence[str], interval_s: float = 10.0) -> None:
         self.path = Path(run_dir) / TRIALS
         self.objectives = tuple(objectives)
+        self.interval_s = interval_s
         self._frames: list[pd.DataFrame] = []
+        self._batches: list[dict[str, Any]] = []  # column batches not yet in a frame
+        self._counts: dict[str, int] = {}
+        self._next = 0
+        self._last_flush = time.monotonic()
         if self.path.exists():
             try:
                 old = pd.read_parquet(self.path)
@@ -90,10 +159,14 @@ class TrialLog:
                 raise ValueError(f"{self.path} was written with columns {sorted(have)}, this run "
                                  f"needs {sorted(want)}; resume with the same objectives/"
                                  "constraints or use a new run folder")
-            self._frames.append(old)
+            self.append(old)
 
     @property
     def frame(self) -> pd.DataFrame:
+        if self._batches:
+            self._frames.append(pd.DataFrame({k: _concat([b[k] for b in self._batches])
+                                              for k in self._batches[0]}))
+            self._batches = []
         if not self._frames:
             return pd.DataFrame()
         if len(self._frames) > 1:
@@ -101,19 +174,32 @@ class TrialLog:
         return self._frames[0]
 
     def count(self, strategy: str) -> int:
-        df = self.frame
-        return int((df["strategy"] == strategy).sum()) if len(df) else 0
+        return self._counts.get(strategy, 0)
 
     @property
     def next_trial(self) -> int:
-        df = self.frame
-        return int(df["trial"].max()) + 1 if len(df) else 0
+        return self._next
 
-    def append(self, rows: pd.DataFrame) -> None:
-        self._frames.append(rows)
+    def append(self, rows: pd.DataFrame | Mapping[str, Any]) -> None:
+        """Add rows: a frame, or one batch of columns from :func:`scores_to_records`."""
+        if not len(rows["trial"]):
+            return
+        if isinstance(rows, pd.DataFrame):
+            self._frames.append(rows)
+        else:
+            self._batches.append(dict(rows))
+        for strategy, n in Counter(rows["strategy"]).items():
+            self._counts[str(strategy)] = self._counts.get(str(strategy), 0) + int(n)
+        self._next = max(self._next, int(np.max(rows["trial"])) + 1)
+
+    def flush_if_due(self) -> None:
+        """:meth:`flush` when ``interval_s`` has passed since the last one."""
+        if time.monotonic() - self._last_flush >= self.interval_s:
+            self.flush()
 
     def flush(self) -> None:
         """Recompute Pareto flags and write trials.parquet (temp file, then rename)."""
+        self._last_flush = time.monotonic()
         df = self.frame
         if not len(df):
             return
@@ -144,8 +230,9 @@ def choose(df: pd.DataFrame, objectives: Sequence[str],
 
 
 def _figures(ev: ProxyEvaluator, cfg: EENNConfig, spec: ConstraintSpec) -> dict[str, Any]:
-    s = ev.evaluate([cfg])
-    fr, acc = _exit_lists(cfg, s, 0)
+    batch = ConfigBatch.from_configs([cfg])
+    s = ev.evaluate(batch)
+    (fr,), (acc,) = exit_lists(batch, s)
     return {"accuracy": float(s.accuracy[0]), "error": float(1 - s.accuracy[0]),
             "backbone_accuracy": ev.backbone_accuracy,
             "accuracy_drop": float(s.accuracy_drop[0]),

@@ -43,7 +43,7 @@ from search.backends._storage import (
     fail_stale_trials,
     heartbeat_settings,
 )
-from spaces.space import EarlyExitSpace, Genome
+from spaces.space import EarlyExitSpace
 
 __all__ = ["OptunaBackend"]
 
@@ -184,7 +184,8 @@ class OptunaBackend:
             return  # written before runs were recorded: cannot tell which trials are ours
         told = {int(t.user_attrs[_RUN_ATTR][1]) for t in stored
                 if t.user_attrs[_RUN_ATTR][0] == self._run}
-        self._store.add_trials([self._frozen(history.genomes[i], history.F[i], history.G[i], i)
+        genomes = self._space.to_genomes(history.X)
+        self._store.add_trials([self._frozen(genomes[i], history.F[i], history.G[i], i)
                                 for i in range(len(history)) if i not in told])
 
     def close(self) -> None:
@@ -196,13 +197,13 @@ class OptunaBackend:
     def generation(self) -> int:
         return self._generation
 
-    def ask(self, n: int) -> list[Genome]:
+    def ask(self, n: int) -> NDArray[np.float64]:
         self._generation += 1
         with _quiet():
             if self._heartbeat is not None:
                 fail_stale_trials(self._study)
             self._pending = [self._ask() for _ in range(min(n, self._batch))]
-        return [dict(t.params) for t in self._pending]
+        return self._space.to_matrix([t.params for t in self._pending])
 
     def _ask(self) -> Trial:
         """One trial with every gene; beating (shared storage) before its genes are suggested."""
@@ -219,10 +220,10 @@ class OptunaBackend:
                 trial.suggest_float(name, dist.low, dist.high)
         return trial
 
-    def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64],
              G: NDArray[np.float64]) -> None:
-        if len(genomes) != len(self._pending):
-            raise RuntimeError("tell() must answer the genomes of the last ask()")
+        if len(X) != len(self._pending):
+            raise RuntimeError("tell() must answer the rows of the last ask()")
         told = set()
         for k, (trial, f, g) in enumerate(zip(self._pending, F, G, strict=True)):
             try:

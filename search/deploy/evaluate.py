@@ -1,12 +1,15 @@
-"""``python -m search.evaluate RUN [--points all|pareto|chosen|i,j,k]``: search points, for real.
+"""Search points run for real: true early exit on val and test, against the proxy.
+
+``python -m search.deploy.evaluate RUN [--points all|pareto|chosen|i,j,k]``
 
 Each selected trial's configuration is assembled as a real EENN
-(:func:`search.runtime.build_eenn`) on the run's backbone and heads (reloaded
+(:func:`search.deploy.runtime.build_eenn`) on the run's backbone and heads (reloaded
 through :func:`search.pipeline.prepare` from the run's composed config and
 checked against the run's weights hash) and run with true early exit on val
 and on test. Costs are priced from the exits actually taken with
 :func:`evaluators.costs.path_costs`. On val the result must equal the proxy's
-prediction sample by sample (``exit_match``); any difference is a bug. The
+prediction sample by sample (``exit_match``); a difference that is not a float32
+tie at a threshold (:func:`compare_exits`) is a bug. The
 val-to-test difference (``generalisation_gap``) is the thresholds
 generalising to unseen data, not a proxy error. Results go to
 ``evaluated.csv`` beside the trials and to a table on the terminal.
@@ -34,10 +37,9 @@ from evaluators.eenn import METRICS, EENNConfig
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search import rundir
+from search.deploy.runtime import RunRecord, build_eenn, run_dataset
 from search.errors import one_line_errors
 from search.pipeline import Prepared, prepare
-from search.results import config_from_json
-from search.runtime import RunRecord, build_eenn, run_dataset
 
 __all__ = ["EVALUATED", "TIE_TOLERANCE", "LoadedRun", "compare_exits", "evaluate_run",
            "load_run", "main", "predicted_exits", "select_trials"]
@@ -135,7 +137,7 @@ def compare_exits(record: RunRecord, split: SplitPredictions, config: EENNConfig
 
     A mismatch is a tie when, at the earlier of the two exits, the table's
     confidence lies within ``tolerance`` of that exit's threshold: kernel
-    noise of a few ulps decides it (see :mod:`search.runtime`). Anything else
+    noise of a few ulps decides it (see :mod:`search.deploy.runtime`). Anything else
     is a bug.
     """
     predicted = predicted_exits(split, config)
@@ -207,7 +209,8 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
         row = by_trial.loc[t]
         text = str(row["config"])
         if text not in done:
-            done[text] = _evaluate_config(run, config_from_json(text), batch_size=batch_size)
+            config = rundir.config_from_json(text, where=f"{run.run_dir} trial {t}")
+            done[text] = _evaluate_config(run, config, batch_size=batch_size)
         rows.append({
             "trial": int(t), "strategy": row["strategy"], "config": text,
             "predicted_accuracy": float(row["accuracy"]),
@@ -248,7 +251,7 @@ def render(df: pd.DataFrame) -> Table:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; errors are one line on stderr and exit status 2."""
-    parser = argparse.ArgumentParser(prog="python -m search.evaluate",
+    parser = argparse.ArgumentParser(prog="python -m search.deploy.evaluate",
                                      description="Run a search's points as real EENNs on val/test.")
     parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
     parser.add_argument("--points", default="pareto",
