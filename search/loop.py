@@ -169,7 +169,7 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
             t0 = time.perf_counter()
             manual = manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
                                     n_thresholds=settings.manual_thresholds)
-            ctx.record(ConfigBatch.from_configs(manual), "manual", 0)
+            ctx.record(manual, "manual", 0)
             seconds["manual"] = time.perf_counter() - t0
     finally:
         ctx.log.flush()  # also on KeyboardInterrupt: nothing evaluated is lost

@@ -174,7 +174,7 @@ class EarlyExitSpace:
         canonical, and duplicates must be recognised on a second repair without it.
         """
         X = np.asarray(X, dtype=np.float64).reshape(-1, self.n_genes)
-        out = np.empty_like(X)
+        out: F64 = np.empty_like(X)
         metric = self._metric_index(X)
         on = self._limit_exits(np.rint(X[:, self._cols("on")]) != 0, rng)
         head = np.clip(np.rint(X[:, self._cols("head")]), 0, self.n_heads - 1).astype(np.int64)

@@ -110,9 +110,9 @@ class OptunaBackend:
     """One Optuna study; ``ask(n)`` opens n trials at once (a generation / a parallel batch).
 
     ``storage: null`` (the run's own SQLite file): the sampler runs on an
-    in-memory copy of the study (an SQLite round trip per parameter made asking
-    ~150x slower); every told batch is copied to the file with ``add_trials``
-    (~15-35 ms per trial) and a resumed run loads it back. An explicit URL is
+    in-memory copy of the study (asking through SQLite costs a database round trip
+    per parameter); every told batch is copied to the file with ``add_trials``
+    and a resumed run loads it back. An explicit URL is
     used directly, Optuna's usual way, so several processes share one study and
     every sampler sees every process's trials up to its last ask. There, asked
     trials carry a heartbeat (``search.heartbeat_s``, default 60) and stale
@@ -209,6 +209,7 @@ class OptunaBackend:
         """One trial with every gene; beating (shared storage) before its genes are suggested."""
         trial = self._study.ask()
         if self._heartbeat is not None:
+            # Optuna has no public accessor for a trial's storage id (only its number)
             self._heartbeat.hold([trial._trial_id])
         for name, dist in self._dists.items():
             if isinstance(dist, CategoricalDistribution):

@@ -111,7 +111,7 @@ class _Variation:
                                   np.full(size, 0.5), np.full(size, 0.5), random_state=rng)
             else:
                 child = crossover_mask(x, rng.random((n_mat, len(fam.cols))) < 0.5)
-            crossed = rng.random(n_mat) < _P_CROSS
+            crossed = np.asarray(rng.random(n_mat) < _P_CROSS)
             child = np.where(crossed[None, :, None], child, x)
             out[:, :, fam.cols] = np.rint(child) if fam.kind == "int" else child
         return out.reshape(-1, out.shape[-1])
