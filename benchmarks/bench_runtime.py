@@ -50,7 +50,7 @@ from evaluators.features import iter_batches
 from evaluators.graph import trace
 from search.deploy.evaluate import LoadedRun, load_run, select_trials
 from search.deploy.runtime import build_eenn, run_dataset, split_graph
-from search.results import config_from_json
+from search.rundir import config_from_json
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "runtime.json"
 

@@ -25,13 +25,8 @@ from tqdm.auto import tqdm
 from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator
 from search.backends import BACKENDS, History, make_backend
 from search.baselines import manual_configs
-from search.results import (
-    TrialLog,
-    config_from_json,
-    hypervolumes,
-    scores_to_records,
-    write_results,
-)
+from search.results import TrialLog, scores_to_records, write_results
+from search.rundir import config_from_json, hypervolumes
 from spaces.space import EarlyExitSpace
 
 __all__ = ["SearchResult", "SearchSettings", "run_search"]

@@ -19,47 +19,21 @@ import pandas as pd
 import yaml
 from numpy.typing import NDArray
 
-from evaluators.eenn import METRICS, EENNConfig
+from evaluators.eenn import EENNConfig
 from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
 from search.rundir import (
     CHOSEN,
     PARETO,
     TRIALS,
+    batch_to_json,
     config_from_json,
     config_to_json,
-    hypervolumes,
+    json_list,
     pareto_flags,
 )
 
-# config_from_json, config_to_json and hypervolumes are search.rundir's, re-exported for callers
-# that still import them from here
-__all__ = ["TrialLog", "batch_to_json", "choose", "config_from_json", "config_to_json",
-           "exit_arrays", "exit_lists", "hypervolumes", "scores_to_records", "write_results"]
-
-
-_TEXT: dict[Any, str] = {None: "null"}  # number -> its JSON text (values repeat: counts / N)
-
-
-def _json_list(row: Sequence[Any]) -> str:
-    """``json.dumps`` of a flat list of numbers and None, without its per-call overhead."""
-    text = _TEXT
-    if len(text) > 1_000_000:
-        text.clear()
-        text[None] = "null"
-    return "[" + ", ".join([text.get(v) or text.setdefault(v, repr(v)) for v in row]) + "]"
-
-
-def batch_to_json(batch: ConfigBatch) -> list[str]:
-    """The schema's JSON form (exactly :func:`config_to_json`'s text) of every row of a batch."""
-    out = []
-    for cand, head, thr, bnd, met in zip(batch.candidate.tolist(), batch.head.tolist(),
-                                         batch.threshold.tolist(), batch.boundaries.tolist(),
-                                         batch.metric.tolist(), strict=True):
-        exits = ", ".join(f'{{"candidate": {c}, "head": {h}, "threshold": {t!r}}}'
-                          for c, h, t in zip(cand, head, thr, strict=True) if c >= 0)
-        out.append(f'{{"exits": [{exits}], "boundaries": {_json_list(bnd)}, '
-                   f'"metric": "{METRICS[met]}"}}')
-    return out
+__all__ = ["TrialLog", "choose", "exit_arrays", "exit_lists", "scores_to_records",
+           "write_results"]
 
 
 def exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -104,12 +78,12 @@ def scores_to_records(*, batch: ConfigBatch, scores: ProxyScores, F: NDArray[np.
         "config": batch_to_json(batch),
         "accuracy": scores.accuracy, "error": 1.0 - scores.accuracy, "macs": scores.macs,
         "energy_j": scores.energy_j, "latency_s": scores.latency_s,
-        "exit_fractions": [_json_list(x) for x in fr],
-        "exit_accuracy": [_json_list(x) for x in acc],
+        "exit_fractions": [json_list(x) for x in fr],
+        "exit_accuracy": [json_list(x) for x in acc],
         "accuracy_drop": scores.accuracy_drop,
         "accuracy_drop_ub": scores.accuracy_drop_upper(confidence),
         "memory_ratio": scores.memory_ratio, "worst_latency_s": scores.worst_latency_s,
-        "device_fractions": [_json_list(x) for x in scores.finish_fraction.round(6).tolist()],
+        "device_fractions": [json_list(x) for x in scores.finish_fraction.round(6).tolist()],
     }
     for i, name in enumerate(objectives):
         cols[f"obj_{name}"] = F[:, i]

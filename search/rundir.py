@@ -54,15 +54,44 @@ from omegaconf.errors import OmegaConfBaseException
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from evaluators.eenn import EENNConfig, ExitChoice
+from evaluators.eenn import METRICS, EENNConfig, ExitChoice
+from evaluators.proxy import ConfigBatch
 
 __all__ = [
-    "CHOSEN", "CONFIG", "EVALUATED", "EXPORT", "HV_REFERENCE", "HYDRA_CONFIG", "MANIFEST",
-    "MANIFEST_INT8", "OPTUNA_DB", "PARETO", "REPORT", "SCHEMA_VERSION", "SUMMARY_JSON",
-    "SUMMARY_TXT", "TRIALS", "WORKER", "HypervolumeScale", "Run", "RunFolderError",
-    "check_schema_version", "config_from_json", "config_to_json", "export_dir", "front_mask",
-    "hypervolume_curve", "hypervolume_scale", "hypervolume_summary", "hypervolumes", "load_run",
-    "non_dominated", "pareto_flags", "write_summary"
+    "CHOSEN",
+    "CONFIG",
+    "EVALUATED",
+    "EXPORT",
+    "HV_REFERENCE",
+    "HYDRA_CONFIG",
+    "MANIFEST",
+    "MANIFEST_INT8",
+    "OPTUNA_DB",
+    "PARETO",
+    "REPORT",
+    "SCHEMA_VERSION",
+    "SUMMARY_JSON",
+    "SUMMARY_TXT",
+    "TRIALS",
+    "WORKER",
+    "HypervolumeScale",
+    "Run",
+    "RunFolderError",
+    "batch_to_json",
+    "check_schema_version",
+    "config_from_json",
+    "config_to_json",
+    "export_dir",
+    "front_mask",
+    "hypervolume_curve",
+    "hypervolume_scale",
+    "hypervolume_summary",
+    "hypervolumes",
+    "json_list",
+    "load_run",
+    "non_dominated",
+    "pareto_flags",
+    "write_summary"
 ]
 
 #: Version of the layout below; written into summary.json, checked by :func:`load_run`.
@@ -106,6 +135,35 @@ def config_to_json(cfg: EENNConfig) -> str:
     return json.dumps({"exits": [{"candidate": e.candidate, "head": e.head,
                                   "threshold": e.threshold} for e in cfg.exits],
                        "boundaries": list(cfg.boundaries), "metric": cfg.metric})
+
+
+_TEXT: dict[Any, str] = {None: "null"}  # number -> its JSON text (values repeat: counts / N)
+
+
+def json_list(row: Sequence[Any]) -> str:
+    """``json.dumps`` of a flat list of numbers and None, without its per-call overhead."""
+    text = _TEXT
+    if len(text) > 1_000_000:
+        text.clear()
+        text[None] = "null"
+    return "[" + ", ".join([text.get(v) or text.setdefault(v, repr(v)) for v in row]) + "]"
+
+
+def batch_to_json(batch: ConfigBatch) -> list[str]:
+    """:func:`config_to_json`'s exact text for every row of a batch, built from its arrays.
+
+    The search loop writes a batch at a time; building each config object and calling
+    ``json.dumps`` per row would cost more than scoring it. A test keeps the two equal.
+    """
+    out = []
+    for cand, head, thr, bnd, met in zip(batch.candidate.tolist(), batch.head.tolist(),
+                                         batch.threshold.tolist(), batch.boundaries.tolist(),
+                                         batch.metric.tolist(), strict=True):
+        exits = ", ".join(f'{{"candidate": {c}, "head": {h}, "threshold": {t!r}}}'
+                          for c, h, t in zip(cand, head, thr, strict=True) if c >= 0)
+        out.append(f'{{"exits": [{exits}], "boundaries": {json_list(bnd)}, '
+                   f'"metric": "{METRICS[met]}"}}')
+    return out
 
 
 def config_from_json(text: str, *, where: str = "config") -> EENNConfig:

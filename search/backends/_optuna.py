@@ -43,6 +43,7 @@ from search.backends._storage import (
     fail_stale_trials,
     heartbeat_settings,
 )
+from search.rundir import OPTUNA_DB
 from spaces.space import EarlyExitSpace
 
 __all__ = ["OptunaBackend"]
@@ -161,7 +162,7 @@ class OptunaBackend:
             else:
                 sampler = _sampler(name, cfg, _seed(seed, len(history)), population)
                 self._disk = None if explicit == ":memory:" else _open(
-                    connect(f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"),
+                    connect(f"sqlite:///{Path(run_dir).resolve() / OPTUNA_DB}"),
                     study_name=study_name, objectives=objectives, n_obj=n_obj, sampler=None)
                 self._study = optuna.create_study(directions=[StudyDirection.MINIMIZE] * n_obj,
                                                   sampler=sampler)

@@ -63,7 +63,7 @@ def test_batch_json_is_the_config_json() -> None:
     import numpy as np
 
     from evaluators.proxy import ConfigBatch
-    from search.results import batch_to_json
+    from search.rundir import batch_to_json
 
     rng = np.random.default_rng(0)
     configs = [EENNConfig(exits=tuple(ExitChoice(candidate=int(c), head=int(rng.integers(3)),
