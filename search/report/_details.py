@@ -248,10 +248,10 @@ def describe_config(run: Run, config: EENNConfig) -> str:
         )
         or "none"
     )
-    n_seg = len(run.candidate_names) + 1
+    devices = [config.device_of_segment(s) for s in range(len(run.candidate_names) + 1)]
     parts = []
     for d, name in enumerate(run.device_names or ("device0",)):
-        segs = [s for s in range(n_seg) if config.device_of_segment(s) == d]
+        segs = [s for s, on in enumerate(devices) if on == d]
         if segs:
             parts.append(
                 f"{name}: seg {segs[0]}-{segs[-1]}" if len(segs) > 1 else f"{name}: seg {segs[0]}"

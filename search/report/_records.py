@@ -146,19 +146,19 @@ def _backbone_refs(run: Run, objectives: tuple[str, ...]) -> tuple[BackboneRef, 
 
 
 def _hover(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...]) -> tuple[str, ...]:
+    costs = [o for o in objectives if o != "error"]
+    labels = [OBJECTIVE_LABELS.get(o, o) for o in costs]
+    values = zip(*(rows[f"obj_{o}"].tolist() for o in costs), strict=True) if costs else \
+        iter([()] * len(rows))
     out = []
-    for _, row in rows.iterrows():
-        config = config_from_json(str(row["config"]), where=f"{run.path} trial {row['trial']}")
-        figs = "<br>".join(
-            f"{OBJECTIVE_LABELS.get(o, o)}: {row[f'obj_{o}']:.4g}"
-            for o in objectives
-            if o != "error"
-        )
-        state = "feasible" if row["feasible"] else "infeasible"
-        out.append(
-            f"trial {int(row['trial'])} ({row['strategy']}, {state})<br>"
-            f"accuracy: {float(row['accuracy']):.4f}<br>{figs}<br>{describe_config(run, config)}"
-        )
+    for trial, strategy, ok, acc, text, vals in zip(
+            rows["trial"].tolist(), rows["strategy"].tolist(), rows["feasible"].tolist(),
+            rows["accuracy"].tolist(), rows["config"].tolist(), values, strict=True):
+        config = config_from_json(str(text), where=f"{run.path} trial {trial}")
+        figs = "<br>".join(f"{label}: {v:.4g}" for label, v in zip(labels, vals, strict=True))
+        state = "feasible" if ok else "infeasible"
+        out.append(f"trial {int(trial)} ({strategy}, {state})<br>"
+                   f"accuracy: {float(acc):.4f}<br>{figs}<br>{describe_config(run, config)}")
     return tuple(out)
 
 
