@@ -152,10 +152,11 @@ def test_heads_space_and_search_options_instantiate(tmp_path: Path) -> None:
         (tmp_path / option).mkdir()
         backend = make_backend(option, space=space, cfg=cfg, seed=0, n_obj=3, n_constr=2,
                                run_dir=tmp_path / option,
-                               history=History(genomes=[], F=np.zeros((0, 3)), G=np.zeros((0, 2))))
-        genomes = backend.ask(4)
-        assert 1 <= len(genomes) <= 4
-        for config in map(space.decode, genomes):  # inside the space's ranges
+                               history=History(X=np.zeros((0, space.n_genes)),
+                                               F=np.zeros((0, 3)), G=np.zeros((0, 2))))
+        X = backend.ask(4)
+        assert 1 <= len(X) <= 4 and X.shape[1] == space.n_genes
+        for config in space.configs(space.repair_matrix(X)):  # inside the space's ranges
             assert len(config.exits) <= space.max_exits
             assert all(e.candidate < space.n_candidates and e.head < space.n_heads
                        for e in config.exits)
