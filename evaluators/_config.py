@@ -16,6 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omegaconf import OmegaConf
+
 __all__ = ["REQUIRED", "ConfigError", "Group", "defaults_of", "strict_int", "strict_str",
            "to_config"]
 
@@ -44,6 +46,8 @@ class Group:
     @classmethod
     def of(cls, where: str, values: Any, *, error: type[Exception] = ConfigError) -> Group:
         """``values`` as a group: ``None`` is empty, anything but a mapping an error."""
+        if OmegaConf.is_config(values):
+            values = OmegaConf.to_container(values, resolve=True)
         if values is None:
             return cls(where, {}, error)
         if not isinstance(values, Mapping):
@@ -134,10 +138,11 @@ class Group:
 
     def items(self, key: str, default: Any = REQUIRED, *, item: Callable[[Any], T],
               optional: bool = False, what: str = "a list") -> Any:
-        """A list read element-wise by ``item`` (which raises ValueError/TypeError on a bad one)."""
+        """A list read element-wise by ``item`` (raising ValueError/TypeError on a bad one); null
+        is empty, or ``None`` when ``optional``."""
         raw = self._raw(key, default)
-        if raw is None and optional:
-            return None
+        if raw is None:
+            return None if optional else ()
         if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Iterable):
             raise self._fail(key, raw, f"is not {what}; set {self.where}.{key}=[...]")
         try:

@@ -147,13 +147,13 @@ def platform_from_config(cfg: Mapping[str, Any]) -> Platform:
     for i, raw in enumerate(_entries(cfg, "devices", name)):
         where = _where(name, "device", raw, i)
         entry = _entry(raw, _DEVICE_FIELDS, where=where)
-        bits = entry.get("activation_bits", 32)
-        if bits not in (8, 16, 32) or isinstance(bits, bool):
+        bits = entry.get("activation_bits")  # absent: Device's default
+        if bits is not None and (bits not in (8, 16, 32) or isinstance(bits, bool)):
             raise PlatformError(f"{where}.activation_bits={bits!r} must be 8, 16 or 32")
         devices.append(
             Device(
                 name=str(entry.get("name", f"device{i}")),
-                activation_bits=int(bits),
+                **({} if bits is None else {"activation_bits": int(bits)}),
                 **_figures(entry, _DEVICE_FIELDS, where=where),
             )
         )

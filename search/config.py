@@ -29,12 +29,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from evaluators._config import ConfigError, Group, defaults_of, to_config
-from evaluators._training import TrainRecipe
 from evaluators.data.settings import LOADERS, DataSettings, loader_options
 from evaluators.heads import HeadFamily, HeadTraining, head_family_from_config
 from evaluators.platform import Platform, platform_from_config
 from evaluators.proxy import OBJECTIVES, ConstraintSpec
-from evaluators.settings import CandidateSettings, FeatureSettings, ModelSettings
+from evaluators.settings import FeatureSettings, ModelSettings
 from search.settings import SearchSettings
 from spaces.settings import SpaceSettings
 
@@ -93,9 +92,8 @@ def _device(raw: str) -> str:
     return raw
 
 
-def _objectives(g: Group) -> tuple[str, ...]:
-    objectives = g.items("objectives", ("error", "macs", "energy"), item=str,
-                         what="a list of objectives")
+def _objectives(g: Group, default: tuple[str, ...]) -> tuple[str, ...]:
+    objectives = g.items("objectives", default, item=str, what="a list of objectives")
     if not objectives or set(objectives) - set(OBJECTIVES) or len(set(objectives)) < len(
             objectives):
         raise ConfigError(f"objectives={list(objectives)!r}: each must be one of {OBJECTIVES}, "
@@ -112,7 +110,7 @@ def _top_level(g: Group) -> dict[str, Any]:
     return {"name": g.text("name", d["name"]), "seed": g.integer("seed", d["seed"], low=0),
             "device": _device(g.text("device", d["device"])), "cpu_threads": threads,
             "cache_dir": Path(cache_dir).expanduser() if cache_dir else _cache_dir(),
-            "objectives": _objectives(g)}
+            "objectives": _objectives(g, d["objectives"])}
 
 
 def parse_config(cfg: Any) -> ExperimentSettings:
@@ -145,8 +143,7 @@ def _defaults() -> dict[str, Any]:
     top = {f.name: to_config(f.default) for f in fields(ExperimentSettings)
            if f.name not in _GROUPS and f.name != "cache_dir"}
     groups = {
-        "model": {**defaults_of(ModelSettings), "candidates": defaults_of(CandidateSettings),
-                  "train": defaults_of(TrainRecipe)},
+        "model": defaults_of(ModelSettings),
         "data": {k: v for k, v in defaults_of(DataSettings).items() if k != "options"},
         "heads": defaults_of(HeadTraining),
         "space": to_config(SpaceSettings()), "search": to_config(SearchSettings()),

@@ -123,8 +123,6 @@ def _data_overrides(option: str, root: Path, tmp_path: Path) -> list[str]:
         return ["data.dataset._target_=torchvision.datasets.FakeData", "+data.dataset.size=150",
                 "+data.dataset.image_size=[1,8,8]", "+data.dataset.num_classes=3",
                 "+data.dataset.transform._target_=torchvision.transforms.ToTensor"]
-    if option == "speech_commands":  # through the experiment, which quotes the words
-        return ["+experiment=kws_speech_commands", f"data.root={root / option}"]
     return [] if option == "mnist5k" else [f"data.root={root / option}"]
 
 
