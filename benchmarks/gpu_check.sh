@@ -5,7 +5,7 @@
 # does not stop the next. Logs and result files go to $OUT (default: results/gpu_check).
 #
 #   1. the MNIST default end to end with device=auto (-> cuda): mixed-precision feature pass,
-#      heads trained on the GPU, search, report; then `python -m search.evaluate` runs the real
+#      heads trained on the GPU, search, report; then `python -m search.deploy.evaluate` runs the real
 #      early-exit network on the GPU and compares it with the proxy on val;
 #   2. benchmarks/bench_gpu_feature_pass.py: the CIFAR ResNet-152 feature pass over 60,000
 #      CIFAR-shaped samples against plain inference, and the resnet152_cifar10 search time;
@@ -34,10 +34,10 @@ step() {  # step NAME SECONDS COMMAND...
 RUN=/tmp/gpu-check/mnist-run
 step mnist_default 90 python3 -m search "hydra.run.dir=$RUN" cache_dir=/tmp/gpu-check/cache
 cp "$RUN/summary.json" "$OUT/mnist_summary.json" 2>/dev/null
-step mnist_evaluate 45 python3 -m search.evaluate "$RUN"
+step mnist_evaluate 45 python3 -m search.deploy.evaluate "$RUN"
 cp "$RUN/evaluated.csv" "$OUT/mnist_evaluated.csv" 2>/dev/null
 step bench_resnet152 330 python3 benchmarks/bench_gpu_feature_pass.py
 cp results/benchmarks/gpu_feature_pass.json "$OUT/" 2>/dev/null
 step pytest_gpu 60 python3 -m pytest -q -m "not slow" -p no:cacheprovider \
   tests/evaluators/test_features.py tests/evaluators/test_heads.py tests/evaluators/test_tables.py \
-  tests/evaluators/test_backbone.py tests/search/test_runtime.py tests/search/test_evaluate.py
+  tests/evaluators/test_backbone.py tests/search/deploy/test_runtime.py tests/search/deploy/test_evaluate.py

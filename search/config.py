@@ -102,7 +102,8 @@ def _objectives(g: Group, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _top_level(g: Group) -> dict[str, Any]:
-    d = {f.name: f.default for f in fields(ExperimentSettings) if f.name not in _GROUPS}
+    d: dict[str, Any] = {f.name: f.default for f in fields(ExperimentSettings)
+                         if f.name not in _GROUPS}
     threads = g.integer("cpu_threads", d["cpu_threads"])
     if threads < 0:
         raise ConfigError(f"cpu_threads={threads} is negative; use 0 (automatic) or a count")

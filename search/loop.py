@@ -12,6 +12,7 @@ them). Same seed, same results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +22,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from evaluators.eenn import EENNConfig
-from evaluators.proxy import OBJECTIVES, ConstraintSpec, ProxyEvaluator
+from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator
 from search.backends import BACKENDS, History, make_backend
 from search.baselines import manual_configs
-from search.results import (
-    TrialLog,
-    config_from_json,
-    hypervolumes,
-    scores_to_records,
-    write_results,
-)
+from search.results import TrialLog, scores_to_records, write_results
+from search.rundir import config_from_json, hypervolumes
 from spaces.space import EarlyExitSpace
 
 __all__ = ["SearchResult", "SearchSettings", "run_search"]
@@ -74,6 +69,7 @@ class SearchResult:
     message: str  # "" or why nothing is feasible
     hypervolume: dict[str, float]  # per strategy, objectives scaled to [0, 1]
     hypervolume_reference: list[float]
+    seconds: dict[str, float]  # per strategy: wall time of its ask/evaluate/tell/log loop
 
     @property
     def chosen_trial(self) -> int | None:
@@ -90,27 +86,28 @@ class _Context:
     log: TrialLog
     progress: bool
 
-    def record(self, configs: Sequence[EENNConfig], strategy: str,
+    def record(self, batch: ConfigBatch, strategy: str,
                generation: int) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluate a batch, append it to the log, flush; return (F, G)."""
-        scores = self.evaluator.evaluate(configs)
+        """Evaluate a batch and append it to the log; return (F, G)."""
+        scores = self.evaluator.evaluate(batch)
         F, G = scores.objectives(self.objectives), scores.constraints(self.spec)
         self.log.append(scores_to_records(
-            configs=configs, scores=scores, F=F, G=G, objectives=self.objectives,
+            batch=batch, scores=scores, F=F, G=G, objectives=self.objectives,
             constraint_names=self.spec.names, strategy=strategy, generation=generation,
             first_trial=self.log.next_trial, confidence=self.spec.confidence))
-        self.log.flush()
+        self.log.flush_if_due()
         return F, G
 
     def history(self, strategy: str) -> History:
         df = self.log.frame
         rows = df[df["strategy"] == strategy] if len(df) else df
-        genomes = [self.space.encode(config_from_json(c)) for c in rows.get("config", [])]
-        F = rows[[f"obj_{o}" for o in self.objectives]].to_numpy(float) if len(rows) else None
-        G = rows[[f"cv_{c}" for c in self.spec.names]].to_numpy(float) if len(rows) else None
         n_o, n_c = len(self.objectives), len(self.spec.names)
-        return History(genomes=genomes, F=F if F is not None else np.zeros((0, n_o)),
-                       G=G if G is not None else np.zeros((0, n_c)))
+        if not len(rows):
+            return History(X=np.zeros((0, self.space.n_genes)), F=np.zeros((0, n_o)),
+                           G=np.zeros((0, n_c)))
+        X = self.space.to_matrix([self.space.encode(config_from_json(c)) for c in rows["config"]])
+        return History(X=X, F=rows[[f"obj_{o}" for o in self.objectives]].to_numpy(float),
+                       G=rows[[f"cv_{c}" for c in self.spec.names]].to_numpy(float))
 
 
 def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, budget: int,
@@ -126,14 +123,14 @@ def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, b
     with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
               unit="eval", leave=False) as bar:
         while done < budget:
-            genomes = backend.ask(budget - done)
-            if not genomes:
+            X = backend.ask(budget - done)
+            if not len(X):
                 break  # the backend cannot propose anything new (space exhausted)
-            configs = [ctx.space.decode(g) for g in genomes]
-            F, G = ctx.record(configs, strategy, backend.generation)
-            backend.tell(genomes, F, G)
-            done += len(genomes)
-            bar.update(len(genomes))
+            batch = ctx.space.batch(ctx.space.repair_matrix(X))
+            F, G = ctx.record(batch, strategy, backend.generation)
+            backend.tell(X, F, G)
+            done += len(X)
+            bar.update(len(X))
 
 
 def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: Mapping[str, Any],
@@ -152,15 +149,23 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
                    progress=progress)
     if not objectives or set(objectives) - set(OBJECTIVES):
         raise ValueError(f"objectives={list(objectives)!r}: each must be one of {OBJECTIVES}")
+    seconds: dict[str, float] = {}
     try:
+        t0 = time.perf_counter()
         _drive(ctx, strategy=settings.backend, cfg=cfg_search, seed=seed,
                budget=settings.budget, run_dir=run_dir)
+        seconds[settings.backend] = time.perf_counter() - t0
         if "random" in settings.baselines and settings.backend != "random":
+            t0 = time.perf_counter()
             _drive(ctx, strategy="random", cfg=cfg_search, seed=seed + 1,
                    budget=settings.budget, run_dir=run_dir)
+            seconds["random"] = time.perf_counter() - t0
         if "manual" in settings.baselines and ctx.log.count("manual") == 0:
-            ctx.record(manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
-                                      n_thresholds=settings.manual_thresholds), "manual", 0)
+            t0 = time.perf_counter()
+            manual = manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
+                                    n_thresholds=settings.manual_thresholds)
+            ctx.record(manual, "manual", 0)
+            seconds["manual"] = time.perf_counter() - t0
     finally:
         ctx.log.flush()  # also on KeyboardInterrupt: nothing evaluated is lost
     records = ctx.log.frame
@@ -170,4 +175,4 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
     hv, ref = hypervolumes(records, objectives)
     return SearchResult(records=records, strategy=settings.backend, objectives=objectives,
                         constraint_names=spec.names, chosen=chosen, message=chosen["message"],
-                        hypervolume=hv, hypervolume_reference=ref)
+                        hypervolume=hv, hypervolume_reference=ref, seconds=seconds)

@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from search.backends._storage import check_shared_study, redacted
 from search.config import ExperimentSettings, parse_config, plain, to_config
 from search.errors import one_line_errors
+from search.rundir import WORKER
 from search.settings import SearchSettings
 from search.threads import apply_cpu_threads
 
@@ -101,7 +102,7 @@ def work(cfg: ExperimentSettings | Mapping[str, Any] | DictConfig, *, run_dir: P
                         progress=progress)
     outcome = WorkerOutcome(run_dir=run_dir, study_name=study_name, worker=int(worker),
                             sampler_seed=sampler_seed, n_trials=len(result.records))
-    (run_dir / "worker.json").write_text(json.dumps(
+    (run_dir / WORKER).write_text(json.dumps(
         {"study_name": study_name, "storage": redacted(storage), "worker": int(worker),
          "sampler_seed": sampler_seed, "n_trials": outcome.n_trials,
          "objectives": objectives, "strategy": result.strategy}, indent=2))

@@ -155,13 +155,12 @@ def test_heads_space_and_search_options_instantiate(tmp_path: Path) -> None:
         (tmp_path / option).mkdir()
         backend = make_backend(option, space=space, cfg=to_config(settings), seed=0, n_obj=3,
                                n_constr=2, run_dir=tmp_path / option,
-                               history=History(genomes=[], F=np.zeros((0, 3)), G=np.zeros((0, 2))))
-        genomes = backend.ask(4)
-        assert 1 <= len(genomes) <= 4
-        names = {v.name for v in space.variables}
-        for genome in genomes:  # every gene of the space, and an EENN the space can hold
-            config = space.decode(genome)
-            assert set(genome) == names and len(config.exits) <= space.max_exits
+                               history=History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 3)),
+                                               G=np.zeros((0, 2))))
+        rows = backend.ask(4)
+        assert 1 <= len(rows) <= 4 and rows.shape[1] == space.n_genes
+        for config in space.configs(space.repair_matrix(rows)):  # EENNs the space can hold
+            assert len(config.exits) <= space.max_exits
             assert len(config.boundaries) == space.n_links
 
 
