@@ -29,6 +29,7 @@ from search.rundir import (
     config_from_json,
     config_to_json,
     json_list,
+    non_dominated,
     pareto_flags,
 )
 
@@ -68,14 +69,18 @@ def exit_lists(batch: ConfigBatch, s: ProxyScores) -> tuple[list[list[float]],
 def scores_to_records(*, batch: ConfigBatch, scores: ProxyScores, F: NDArray[np.float64],
                       G: NDArray[np.float64], objectives: Sequence[str],
                       constraint_names: Sequence[str], strategy: str, generation: int,
-                      first_trial: int, confidence: float) -> dict[str, Any]:
-    """The schema's columns for one batch (``pareto`` is filled in by :class:`TrialLog`)."""
+                      first_trial: int, confidence: float,
+                      config_text: Sequence[str] | None = None) -> dict[str, Any]:
+    """The schema's columns for one batch (``pareto`` is filled in by :class:`TrialLog`).
+
+    ``config_text`` is :func:`batch_to_json` of ``batch`` when the caller has it already.
+    """
     fr, acc = exit_lists(batch, scores)
     n = len(F)
     cols: dict[str, Any] = {
         "trial": np.arange(first_trial, first_trial + n, dtype=np.int64),
         "strategy": [strategy] * n, "generation": np.full(n, generation, dtype=np.int64),
-        "config": batch_to_json(batch),
+        "config": list(config_text) if config_text is not None else batch_to_json(batch),
         "accuracy": scores.accuracy, "error": 1.0 - scores.accuracy, "macs": scores.macs,
         "energy_j": scores.energy_j, "latency_s": scores.latency_s,
         "exit_fractions": [json_list(x) for x in fr],
@@ -186,15 +191,22 @@ class TrialLog:
 
 def choose(df: pd.DataFrame, objectives: Sequence[str],
            strategy: str) -> tuple[pd.Series | None, str]:
-    """Cheapest feasible row of ``strategy`` by the primary cost; else the closest, and why."""
+    """The chosen point of ``strategy``; else the closest infeasible row, and why.
+
+    Rule: among the strategy's feasible rows that no other feasible row of it dominates
+    on all objectives (its front), the one with the lowest primary cost (the first
+    objective that is not ``error``); ties go to the other objectives in their order, then
+    to the lower trial number. So the chosen point is always on its own front.
+    """
     rows = df[df["strategy"] == strategy] if len(df) else df
     if not len(rows):
         return None, f"no trials of strategy {strategy!r} were evaluated"
     costs = [o for o in objectives if o != "error"]
-    order = [f"obj_{costs[0]}", "error"] if costs else ["error"]
+    order = ([costs[0]] if costs else []) + [o for o in objectives if o not in costs[:1]]
     feas = rows[rows["feasible"]]
     if len(feas):
-        return feas.sort_values([*order, "trial"]).iloc[0], ""
+        front = feas[non_dominated(feas[[f"obj_{o}" for o in objectives]].to_numpy(float))]
+        return front.sort_values([*(f"obj_{o}" for o in order), "trial"]).iloc[0], ""
     cv_cols = [c for c in rows.columns if c.startswith("cv_")]
     total = rows[cv_cols].clip(lower=0).sum(axis=1)
     best = rows.loc[total.idxmin()]

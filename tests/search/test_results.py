@@ -74,3 +74,19 @@ def test_batch_json_is_the_config_json() -> None:
                for _ in range(50)]
     assert batch_to_json(ConfigBatch.from_configs(configs)) == [config_to_json(c)
                                                                  for c in configs]
+
+
+def test_chosen_point_is_on_its_own_front() -> None:
+    """Equal primary cost and error: the point with worse energy is dominated and not chosen."""
+    df = pd.DataFrame({
+        "trial": [0, 1, 2], "strategy": "s", "feasible": True, "cv_memory": 0.0,
+        "obj_error": [0.1, 0.1, 0.05], "obj_macs": [2.0, 2.0, 3.0],
+        "obj_energy": [5.0, 3.0, 9.0],
+    })
+    df["error"] = df["obj_error"]
+    row, msg = choose(df, ["error", "macs", "energy"], "s")
+    assert msg == "" and row["trial"] == 1  # trial 0 ties on macs and error, loses on energy
+    # mutually non-dominated and equally cheap: the next objective in order (error) decides
+    tie = df.assign(obj_error=[0.1, 0.2, 0.05], obj_energy=[3.0, 1.0, 9.0])
+    row, _ = choose(tie, ["error", "macs", "energy"], "s")
+    assert row["trial"] == 0
