@@ -17,10 +17,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from evaluators._config import ConfigError, Group, strict_str
+from evaluators._config import (
+    REQUIRED,
+    ConfigError,
+    Group,
+    defaults_of,
+    strict_int,
+    strict_str,
+    to_config,
+)
 from evaluators._training import BackboneError, TrainRecipe
 
-__all__ = ["CandidateSettings", "ConfigError", "FeatureSettings", "ModelSettings"]
+# REQUIRED ... to_config: the group reader every settings parser uses (spaces, search)
+__all__ = ["REQUIRED", "CandidateSettings", "ConfigError", "FeatureSettings", "Group",
+           "ModelSettings", "defaults_of", "strict_int", "strict_str", "to_config"]
 
 
 @dataclass(frozen=True, kw_only=True)

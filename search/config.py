@@ -28,12 +28,18 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from evaluators._config import ConfigError, Group, defaults_of, to_config
 from evaluators.data.settings import LOADERS, DataSettings, loader_options
 from evaluators.heads import HeadFamily, HeadTraining, head_family_from_config
 from evaluators.platform import Platform, platform_from_config
 from evaluators.proxy import OBJECTIVES, ConstraintSpec
-from evaluators.settings import FeatureSettings, ModelSettings
+from evaluators.settings import (
+    ConfigError,
+    FeatureSettings,
+    Group,
+    ModelSettings,
+    defaults_of,
+    to_config,
+)
 from search.settings import SearchSettings
 from spaces.settings import SpaceSettings
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from evaluators._config import ConfigError, Group
+from evaluators.settings import ConfigError, Group
 from search.backends._base import BACKENDS
 
 __all__ = ["BACKENDS", "BASELINES", "SearchSettings"]

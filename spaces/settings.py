@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from evaluators._config import ConfigError, Group, strict_int
 from evaluators.eenn import METRICS
 from evaluators.platform import Platform
+from evaluators.settings import ConfigError, Group, strict_int
 
 __all__ = ["THRESHOLD_MODES", "SpaceSettings", "ThresholdSettings"]
 

@@ -15,12 +15,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import conf
-from evaluators._config import defaults_of
 from evaluators._training import BackboneError, TrainRecipe
 from evaluators.data.settings import DataSettings, loader_options
 from evaluators.heads import HeadTraining
 from evaluators.proxy import ConstraintSpec
-from evaluators.settings import CandidateSettings, FeatureSettings, ModelSettings
+from evaluators.settings import CandidateSettings, FeatureSettings, ModelSettings, defaults_of
 from search.config import ExperimentSettings, parse_config, to_config
 from search.settings import SearchSettings
 from spaces.settings import SpaceSettings
