@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_module  # noqa: E402
 from pymoo.indicators.hv import HV  # noqa: E402
 
-from evaluators.plain import plain  # noqa: E402
 from evaluators.proxy import ProxyEvaluator  # noqa: E402
+from evaluators.settings import plain  # noqa: E402
 from search.loop import run_search  # noqa: E402
 from search.pipeline import prepare  # noqa: E402
 from search.results import choose  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> None:
                 s_cfg["budget"] = 1  # SearchSettings needs >= 1; the one random trial is dropped
             run_dir = Path(tmp) / f"{backend}_{seed}_{'_'.join(base)}"
             t1 = time.perf_counter()
-            res = run_search(evaluator=val_ev, space=space, cfg_search=s_cfg,
+            res = run_search(evaluator=val_ev, space=space, settings=s_cfg,
                              objectives=objectives, constraints=cfg["constraints"], seed=seed,
                              run_dir=run_dir, progress=False)
             wall = time.perf_counter() - t1

@@ -41,7 +41,7 @@ from evaluators.hashing import hash_state_dict
 from evaluators.head_training import train_heads
 from evaluators.heads import HeadFamily, head_costs, head_family_from_config
 from evaluators.macs import count_macs
-from evaluators.plain import plain
+from evaluators.settings import plain
 from evaluators.tables import build_prediction_table
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "features.json"

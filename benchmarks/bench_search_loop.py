@@ -42,8 +42,8 @@ def _problem() -> tuple[Any, Any, Any]:
     """The default experiment's space and val evaluator, prepared in process."""
     from hydra import compose, initialize_config_module
 
-    from evaluators.plain import plain
     from evaluators.proxy import ProxyEvaluator
+    from evaluators.settings import plain
     from search.pipeline import prepare
     from spaces.space import build_space
 
@@ -66,7 +66,7 @@ def _search(cfg: dict[str, Any], space: Any, ev: Any, *, backend: str, budget: i
         search["storage"] = ":memory:"
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
-        result = run_search(evaluator=ev, space=space, cfg_search=search,
+        result = run_search(evaluator=ev, space=space, settings=search,
                             objectives=cfg["objectives"], constraints=cfg["constraints"],
                             seed=0, run_dir=Path(run_dir), progress=False)
         return result, time.perf_counter() - t0

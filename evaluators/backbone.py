@@ -29,7 +29,7 @@ from evaluators.data import DataSplits
 from evaluators.device import resolve_device
 from evaluators.hashing import hash_json, hash_state_dict
 from evaluators.models import build_architecture
-from evaluators.plain import plain
+from evaluators.settings import ModelSettings
 
 __all__ = [
     "BackboneError",
@@ -236,45 +236,39 @@ def _train_and_cache(
 
 
 def get_backbone(
-    model_cfg: Mapping[str, Any],
+    model: ModelSettings,
     data: DataSplits,
     *,
     cache_dir: Path,
     seed: int,
     device: str = "auto",
 ) -> tuple[nn.Module, BackboneInfo]:
-    """The backbone for ``model_cfg`` (a ``conf/model`` group) on ``data``, on the CPU in eval mode.
+    """The backbone ``model`` describes, trained on ``data`` if needed; on the CPU in eval mode.
 
     Loads ``model.checkpoint`` when given; otherwise trains ``model.arch`` with ``model.train``
     (on the GPU when ``device`` resolves to cuda) once and reuses the cached weights afterwards.
     """
-    cfg = plain(model_cfg)
-    arch = str(cfg.get("arch") or "")
-    if not arch:
-        raise BackboneError(
-            "model.arch is not set; name a registry key, torchvision:<name> or module:Callable"
-        )
-    kwargs = dict(cfg.get("kwargs") or {})
+    arch, kwargs = model.arch, dict(model.kwargs)
     dev = resolve_device(device)
     directory = Path(cache_dir).expanduser() / "backbones"
     ensure_writable(directory)
     trained_now = False
-    if cfg.get("checkpoint"):
-        path = Path(str(cfg["checkpoint"])).expanduser()
-        model = load_checkpoint(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
+    if model.checkpoint is not None:
+        path = model.checkpoint
+        net = load_checkpoint(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
     else:
-        recipe = TrainRecipe.from_config(cfg.get("train"))
+        recipe = model.train
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
         path = directory / f"{safe}-{_cache_key(arch, kwargs, data, recipe, seed)[:16]}.pt"
         if path.is_file():
-            model = _load_cached(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
+            net = _load_cached(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
         else:
-            model = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev, path=path)
+            net = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev, path=path)
             trained_now = True
-    model.eval()
-    _check_outputs(model, data, path)
+    net.eval()
+    _check_outputs(net, data, path)
     # no accuracy pass here: the feature pass computes the backbone's logits on every split
     info = BackboneInfo(
-        checkpoint=path, trained_now=trained_now, weights_hash=hash_state_dict(model)
+        checkpoint=path, trained_now=trained_now, weights_hash=hash_state_dict(net)
     )
-    return model, info
+    return net, info

@@ -18,8 +18,8 @@ from rich.table import Table
 
 from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
-from evaluators.plain import plain
 from evaluators.proxy import ProxyEvaluator
+from search.config import ExperimentSettings, parse_config, to_config
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, prepare
 from search.report import write_report
@@ -61,11 +61,18 @@ def backbone_reference(prepared: Prepared) -> dict[str, float]:
     }
 
 
-def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _summary(prepared: Prepared, result: SearchResult, name: str,
+             notes: list[str]) -> dict[str, Any]:
     """The run's ``summary.json`` (schema in results/README.md)."""
     platform = prepared.platform
+    chosen = result.chosen
     return {
-        "experiment": str(cfg.get("name", "default")),
+        "experiment": name,
+        # what a sweep filters on: "feasible", or "no_feasible_eenn" with what binds
+        "status": "feasible" if chosen.get("feasible") else "no_feasible_eenn",
+        "violations": chosen.get("violations", {}),
+        "relax": chosen.get("relax", []),
+        "notes": notes,
         "objectives": list(result.objectives),
         "constraints": list(result.constraint_names),
         "strategy": result.strategy,
@@ -103,6 +110,17 @@ def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -
     }
 
 
+def _infeasible_text(summary: Mapping[str, Any], message: str) -> str:
+    """The lines a run with no feasible EENN opens with ("" when it has one)."""
+    if summary["status"] == "feasible":
+        return ""
+    parts = ["NO FEASIBLE EENN: " + (message or "nothing was evaluated")]
+    if summary["relax"]:
+        parts.append("to admit the closest one, relax: " + "; ".join(summary["relax"]))
+    parts += summary["notes"]
+    return "\n".join(parts)
+
+
 def _change(new: float, old: float) -> str:
     """Relative change, signed: -90.0% means the EENN needs a tenth of the backbone's cost."""
     return f"{100.0 * (new / old - 1.0):+.1f}%" if old > 0 else "n/a"
@@ -121,7 +139,11 @@ def _mapping_text(config: Mapping[str, Any], prepared: Prepared) -> str:
 def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: Prepared) -> Table:
     """The closing terminal table: chosen point against the backbone alone."""
     ref = summary["backbone"]
-    table = Table(title=f"chosen point (trial {chosen.get('trial')}, {chosen.get('strategy')})")
+    title = (f"chosen point (trial {chosen.get('trial')}, {chosen.get('strategy')})"
+             if chosen.get("feasible") else
+             f"NO FEASIBLE EENN - closest infeasible trial {chosen.get('trial')}, "
+             f"{chosen.get('strategy')} (not a result)")
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("backbone", justify="right")
     table.add_column("EENN", justify="right")
@@ -177,22 +199,25 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
 
 
 def run(
-    cfg: Mapping[str, Any] | DictConfig,
+    cfg: ExperimentSettings | Mapping[str, Any] | DictConfig,
     *,
     run_dir: Path,
     console: Console | None = None,
     progress: bool = True,
 ) -> RunOutcome:
-    """Run the experiment ``cfg`` and write its run folder ``run_dir``."""
+    """Run the experiment ``cfg`` (parsed here unless it already is) into the folder ``run_dir``."""
     console = console or Console()
-    cfg = plain(cfg)
+    settings = parse_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(cfg, progress=progress)
+    prepared = prepare(settings, progress=progress)
     # written once preparation succeeded, so a failing call never overwrites a run's config
-    (run_dir / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
-    space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
+    space = build_space(settings.space, val=table.val, platform=prepared.platform)
+    notes = [n for n in (settings.constraints.val_size_note(len(table.val.labels)),) if n]
+    for note in notes:  # before the search: it cannot find an EENN with an exit
+        console.print(f"[bold yellow]warning:[/] {note}")
     grid = space.threshold_grid
     evaluator = ProxyEvaluator(
         split=table.val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
@@ -203,26 +228,27 @@ def run(
     result = run_search(
         evaluator=evaluator,
         space=space,
-        cfg_search=cfg["search"],
-        objectives=list(cfg["objectives"]),
-        constraints=cfg["constraints"],
-        seed=int(cfg["seed"]),
+        settings=settings.search,
+        objectives=list(settings.objectives),
+        constraints=settings.constraints,
+        seed=settings.seed,
         run_dir=run_dir,
         test_evaluator=test_evaluator,
         progress=progress,
     )
-    summary = _summary(prepared, result, cfg)
+    summary = _summary(prepared, result, settings.name, notes)
     write_summary(run_dir, summary)
     write_report(run_dir)
     chosen = result.chosen
-    if result.message:
-        console.print(f"[bold red]{result.message}[/]")
-    if chosen.get("config"):
-        final = _final_table(summary, chosen, prepared)
-        console.print(final)
-        with (run_dir / SUMMARY_TXT).open("w") as fh:
+    opening = _infeasible_text(summary, result.message)
+    if opening:
+        console.print(f"[bold red]{opening}[/]")
+    with (run_dir / SUMMARY_TXT).open("w") as fh:
+        if opening:
+            fh.write(opening + "\n")
+        if chosen.get("config"):
+            final = _final_table(summary, chosen, prepared)
+            console.print(final)
             Console(file=fh, width=120).print(final)
-            if result.message:
-                fh.write(result.message + "\n")
     console.print(f"run folder: {run_dir}  (report: {run_dir / REPORT})")
     return RunOutcome(run_dir=run_dir, prepared=prepared, result=result, summary=summary)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from spaces.candidates import ExitCandidate, cut_points
 from spaces.profile import (
-    CANDIDATE_OPTIONS,
     BackboneProfile,
-    candidate_options,
     find_exit_candidates,
     profile_backbone,
     to_backbone_costs,
@@ -14,12 +12,10 @@ from spaces.profile import (
 from spaces.space import EarlyExitSpace, build_space
 
 __all__ = [
-    "CANDIDATE_OPTIONS",
     "BackboneProfile",
     "EarlyExitSpace",
     "ExitCandidate",
     "build_space",
-    "candidate_options",
     "cut_points",
     "find_exit_candidates",
     "profile_backbone",

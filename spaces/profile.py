@@ -30,9 +30,8 @@ to listed modules; rule 3 is.
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +47,7 @@ from spaces._units import Point, Units
 from spaces.candidates import ExitCandidate, cut_points
 
 __all__ = [
-    "CANDIDATE_OPTIONS",
     "BackboneProfile",
-    "candidate_options",
     "find_exit_candidates",
     "profile_backbone",
     "to_backbone_costs",
@@ -213,26 +210,3 @@ def find_exit_candidates(
 ) -> list[ExitCandidate]:
     """Exit candidates of ``model`` in execution order (``options``: see profile_backbone)."""
     return list(profile_backbone(model, example_input, **options).candidates)
-
-
-# the keys of ``model.candidates``: profile_backbone's keyword options, named once (there)
-CANDIDATE_OPTIONS: tuple[str, ...] = tuple(
-    name
-    for name, param in inspect.signature(profile_backbone).parameters.items()
-    if param.kind is inspect.Parameter.KEYWORD_ONLY
-)
-
-
-def candidate_options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``model.candidates`` as keyword arguments of :func:`profile_backbone`.
-
-    An unknown key is a one-line error naming the known ones; a ``null`` value keeps the
-    default. The values themselves are checked by :func:`profile_backbone`.
-    """
-    options = dict(cfg or {})
-    unknown = sorted(set(options) - set(CANDIDATE_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown model.candidates key {unknown[0]!r}; use {', '.join(CANDIDATE_OPTIONS)}"
-        )
-    return {key: value for key, value in options.items() if value is not None}

@@ -22,6 +22,7 @@ class RandomSearch:
     """Samples :meth:`EarlyExitSpace.sample_matrix`; a resumed run re-seeds from (seed, done)."""
 
     name = "random"
+    persistent = False
 
     def __init__(self, *, space: EarlyExitSpace, batch: int, seed: int, history: History) -> None:
         self._space, self._batch = space, batch
@@ -47,6 +48,6 @@ class RandomSearch:
                 break
         return np.array(rows).reshape(-1, self._space.n_genes)
 
-    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64], G: NDArray[np.float64],
+             new: NDArray[np.bool_] | None = None) -> None:
         """Random search learns nothing."""

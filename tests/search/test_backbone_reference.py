@@ -12,9 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from evaluators.costs import BackboneCosts
-from evaluators.plain import plain
 from evaluators.platform import platform_from_config
 from evaluators.predictions import PredictionTable, SplitPredictions
+from evaluators.settings import plain
 from search.pipeline import Prepared
 from search.run import backbone_reference
 

@@ -38,16 +38,7 @@ def test_the_graph_sees_the_imports() -> None:
     assert _graph("search").has_edge("search.run", "search.pipeline")
 
 
-# make_backend in search/backends/_base.py imports the backends, which import History from it;
-# strict: once the backends break that cycle this xfail fails, and goes
-_BACKENDS_CYCLE = pytest.mark.xfail(
-    strict=True, reason="search.backends._base <-> its backends (make_backend's lazy imports)"
-)
-
-
-@pytest.mark.parametrize(
-    "package", ["spaces", "evaluators", pytest.param("search", marks=_BACKENDS_CYCLE)]
-)
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycle(package: str) -> None:
     cycles = list(nx.simple_cycles(_graph(package)))
     assert not cycles, f"import cycles in {package}/: " + "; ".join(
