@@ -133,7 +133,7 @@ def _drive(ctx: _Context, *, strategy: str, settings: SearchSettings, seed: int,
                            objectives=ctx.objectives)
     seen, stale = ctx.seen(strategy), 0
     with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
-              unit="eval", leave=False) as bar:
+              unit="eval") as bar:
         while done < budget and stale < _STALE_ASKS:
             X = backend.ask(budget - done)
             if not len(X):

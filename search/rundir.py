@@ -56,6 +56,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from evaluators._cache import atomic_write
 from evaluators.eenn import METRICS, EENNConfig, ExitChoice
 from evaluators.proxy import ConfigBatch
+from evaluators.settings import plain
 
 __all__ = [
     "CHOSEN",
@@ -407,10 +408,8 @@ def _read_yaml(file: Path, *, resolve: bool = False) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
-        if resolve:  # a config: Hydra's own copy may hold interpolations
-            data = OmegaConf.to_container(OmegaConf.load(file), resolve=True)
-        else:
-            data = yaml.safe_load(file.read_text())
+        # a config (resolve): Hydra's own copy may hold interpolations
+        data = plain(OmegaConf.load(file)) if resolve else yaml.safe_load(file.read_text())
     except (yaml.YAMLError, OmegaConfBaseException) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RunFolderError(f"{file} cannot be read ({message}); rewrite or delete it") from None
