@@ -340,4 +340,5 @@ def test_comparison_renders(browser: Browser, tmp_path: Path) -> None:
     out = write_comparison(runs, out=tmp_path / "comparison.html")
     session = open_page(browser, out)
     shot = screenshot(browser, session, "comparison", tmp_path)
-    assert_page_ok(browser, session, expected_plots=2, shot=shot)
+    # attainment surfaces, hypervolume box, hypervolume curves, fronts
+    assert_page_ok(browser, session, expected_plots=4, shot=shot)
