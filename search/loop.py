@@ -2,9 +2,16 @@
 
 ``run_search`` runs the configured backend until its evaluation budget is
 spent, then random search at the same budget and the manual recipe
-(:mod:`search.baselines`), appending every evaluated candidate to
-trials.parquet after each batch (and on KeyboardInterrupt), then writes
-pareto.csv and chosen.yaml. Started again on the same run folder it resumes:
+(:mod:`search.baselines`), logging every evaluated candidate (trials.parquet
+is rewritten at most every few seconds, at the end and on KeyboardInterrupt),
+then writes pareto.csv and chosen.yaml. Populations travel as gene matrices
+(:mod:`spaces.space`) and are scored as one :class:`ConfigBatch`, so the loop
+costs about what the proxy costs. An exit by which no val sample leaves only
+adds cost: it is dropped before a candidate is logged (the backend is told
+the figures of the EENN without it), so no logged trial, and no Pareto
+point, carries one; a strategy's budget counts distinct EENNs (a repeat is
+told to the backend with its known figures, not logged again). Started
+again on the same run folder it resumes:
 trials already in trials.parquet count against each strategy's budget and are
 handed to the backend (see each backend's docstring for what it does with
 them). Same seed, same results.
@@ -26,10 +33,13 @@ from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvalu
 from search.backends import BACKENDS, History, make_backend
 from search.baselines import manual_configs
 from search.results import TrialLog, scores_to_records, write_results
-from search.rundir import config_from_json, hypervolumes
+from search.rundir import batch_to_json, config_from_json, hypervolumes
 from spaces.space import EarlyExitSpace
 
 __all__ = ["SearchResult", "SearchSettings", "run_search"]
+
+# asks in a row that bring no EENN not evaluated before: the backend only finds repeats
+_STALE_ASKS = 50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,17 +96,42 @@ class _Context:
     log: TrialLog
     progress: bool
 
-    def record(self, batch: ConfigBatch, strategy: str,
-               generation: int) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluate a batch and append it to the log; return (F, G)."""
+    def record(self, batch: ConfigBatch, strategy: str, generation: int,
+               seen: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Evaluate a batch (idle exits dropped), log the EENNs not in ``seen``.
+
+        Returns F and G of every row and the mask of the rows logged.
+
+        ``seen`` (config texts of this strategy's logged trials) grows by the new ones.
+        """
         scores = self.evaluator.evaluate(batch)
+        idle = scores.idle_exits(batch)
+        if idle.any():  # same exits taken without them, at lower cost: the EENN to keep
+            batch = batch.without(idle)
+            scores = self.evaluator.evaluate(batch)
         F, G = scores.objectives(self.objectives), scores.constraints(self.spec)
-        self.log.append(scores_to_records(
-            batch=batch, scores=scores, F=F, G=G, objectives=self.objectives,
-            constraint_names=self.spec.names, strategy=strategy, generation=generation,
-            first_trial=self.log.next_trial, confidence=self.spec.confidence))
-        self.log.flush_if_due()
-        return F, G
+        texts = batch_to_json(batch)
+        new = []
+        for i, text in enumerate(texts):
+            if text not in seen:
+                seen.add(text)
+                new.append(i)
+        if new:
+            rows = np.array(new, dtype=np.int64)
+            self.log.append(scores_to_records(
+                batch=batch.take(rows), scores=scores.take(rows), F=F[rows], G=G[rows],
+                objectives=self.objectives, constraint_names=self.spec.names,
+                strategy=strategy, generation=generation, first_trial=self.log.next_trial,
+                confidence=self.spec.confidence, config_text=[texts[i] for i in new]))
+            self.log.flush_if_due()
+        logged = np.zeros(len(F), dtype=bool)
+        logged[new] = True
+        return F, G, logged
+
+    def seen(self, strategy: str) -> set[str]:
+        """Config texts of the trials ``strategy`` has logged (resume included)."""
+        df = self.log.frame
+        return set(df.loc[df["strategy"] == strategy, "config"]) if len(df) else set()
 
     def history(self, strategy: str) -> History:
         df = self.log.frame
@@ -120,17 +155,19 @@ def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, b
                            n_obj=len(ctx.objectives), n_constr=len(ctx.spec.names),
                            run_dir=run_dir, history=ctx.history(strategy),
                            objectives=ctx.objectives)
+    seen, stale = ctx.seen(strategy), 0
     with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
               unit="eval", leave=False) as bar:
-        while done < budget:
+        while done < budget and stale < _STALE_ASKS:
             X = backend.ask(budget - done)
             if not len(X):
                 break  # the backend cannot propose anything new (space exhausted)
             batch = ctx.space.batch(ctx.space.repair_matrix(X))
-            F, G = ctx.record(batch, strategy, backend.generation)
-            backend.tell(X, F, G)
-            done += len(X)
-            bar.update(len(X))
+            F, G, logged = ctx.record(batch, strategy, backend.generation, seen)
+            backend.tell(X, F, G, logged)
+            new = ctx.log.count(strategy) - done
+            done, stale = done + new, 0 if new else stale + 1
+            bar.update(new)
 
 
 def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: Mapping[str, Any],
@@ -164,7 +201,7 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
             t0 = time.perf_counter()
             manual = manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
                                     n_thresholds=settings.manual_thresholds)
-            ctx.record(manual, "manual", 0)
+            ctx.record(manual, "manual", 0, set())
             seconds["manual"] = time.perf_counter() - t0
     finally:
         ctx.log.flush()  # also on KeyboardInterrupt: nothing evaluated is lost

@@ -69,14 +69,18 @@ def exit_lists(batch: ConfigBatch, s: ProxyScores) -> tuple[list[list[float]],
 def scores_to_records(*, batch: ConfigBatch, scores: ProxyScores, F: NDArray[np.float64],
                       G: NDArray[np.float64], objectives: Sequence[str],
                       constraint_names: Sequence[str], strategy: str, generation: int,
-                      first_trial: int, confidence: float) -> dict[str, Any]:
-    """The schema's columns for one batch (``pareto`` is filled in by :class:`TrialLog`)."""
+                      first_trial: int, confidence: float,
+                      config_text: Sequence[str] | None = None) -> dict[str, Any]:
+    """The schema's columns for one batch (``pareto`` is filled in by :class:`TrialLog`).
+
+    ``config_text`` is :func:`batch_to_json` of ``batch`` when the caller has it already.
+    """
     fr, acc = exit_lists(batch, scores)
     n = len(F)
     cols: dict[str, Any] = {
         "trial": np.arange(first_trial, first_trial + n, dtype=np.int64),
         "strategy": [strategy] * n, "generation": np.full(n, generation, dtype=np.int64),
-        "config": batch_to_json(batch),
+        "config": list(config_text) if config_text is not None else batch_to_json(batch),
         "accuracy": scores.accuracy, "error": 1.0 - scores.accuracy, "macs": scores.macs,
         "energy_j": scores.energy_j, "latency_s": scores.latency_s,
         "exit_fractions": [json_list(x) for x in fr],

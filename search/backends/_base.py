@@ -48,9 +48,13 @@ class Backend(Protocol):
         """
         ...
 
-    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
-        """Objective and constraint values of the rows returned by the last ``ask``."""
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64], G: NDArray[np.float64],
+             new: NDArray[np.bool_] | None = None) -> None:
+        """Objective and constraint values of the rows returned by the last ``ask``.
+
+        ``new`` marks the rows the run logged as trials; the others repeat an EENN this
+        strategy evaluated before (their figures are that EENN's).
+        """
         ...
 
     @property

@@ -222,18 +222,21 @@ class OptunaBackend:
                 trial.suggest_float(name, dist.low, dist.high)
         return trial
 
-    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64], G: NDArray[np.float64],
+             new: NDArray[np.bool_] | None = None) -> None:
+        """Tell every trial; those the run logged (``new``) carry their index in the run."""
         if len(X) != len(self._pending):
             raise RuntimeError("tell() must answer the rows of the last ask()")
+        new = np.ones(len(X), dtype=bool) if new is None else np.asarray(new, dtype=bool)
+        index = np.where(new, self._offset + np.cumsum(new) - 1, -1)  # -1: a repeat, not logged
         told = set()
-        for k, (trial, f, g) in enumerate(zip(self._pending, F, G, strict=True)):
+        for trial, f, g, i in zip(self._pending, F, G, index.tolist(), strict=True):
             try:
-                told.add(self._tell(trial, f, g, self._offset + k))
+                told.add(self._tell(trial, f, g, i))
             except optuna.exceptions.UpdateFinishedTrialError:
                 # failed as stale by another process (a beat came too late): keep the result
-                self._study.add_trial(self._frozen(trial.params, f, g, self._offset + k))
-        self._offset += len(self._pending)
+                self._study.add_trial(self._frozen(trial.params, f, g, i))
+        self._offset += int(new.sum())
         if self._heartbeat is not None:
             self._heartbeat.release()
         if self._disk is not None:

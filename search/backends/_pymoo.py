@@ -257,7 +257,7 @@ class PymooNSGA2:
                 break
         return np.array(rows, dtype=np.float64).reshape(-1, self._space.n_genes)
 
-    def tell(self, X: F64, F: F64, G: F64) -> None:
+    def tell(self, X: F64, F: F64, G: F64, new: NDArray[np.bool_] | None = None) -> None:
         if self._pending is None or len(self._pending) != len(X):
             raise RuntimeError("tell() must answer the rows of the last ask()")
         cv = _violation(G)

@@ -47,6 +47,6 @@ class RandomSearch:
                 break
         return np.array(rows).reshape(-1, self._space.n_genes)
 
-    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64], G: NDArray[np.float64],
+             new: NDArray[np.bool_] | None = None) -> None:
         """Random search learns nothing."""

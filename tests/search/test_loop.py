@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from evaluators.proxy import ConstraintSpec, ProxyEvaluator
+from evaluators.eenn import EENNConfig, ExitChoice
+from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator
 from search.backends import History, make_backend
 from search.loop import run_search
 from search.results import TrialLog, scores_to_records
+from search.rundir import config_from_json
 from spaces.space import build_space
 from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
 
@@ -90,25 +94,37 @@ def test_resume_counts_stored_trials(setup, tmp_path, backend) -> None:
         import optuna
 
         study = optuna.load_study(study_name=backend, storage=f"sqlite:///{tmp_path}/optuna.db")
-        assert len(study.trials) == 80
+        indices = [t.user_attrs["eenn_run"][1] for t in study.trials]
+        # every logged trial once, by its index in the run; repeats told but not logged (-1)
+        assert sorted(i for i in indices if i >= 0) == list(range(80))
 
 
-def test_interrupt_keeps_every_evaluated_trial(setup, tmp_path) -> None:
-    space, ev, tev = setup
-    calls = {"n": 0}
+def test_interrupt_keeps_every_evaluated_trial(setup, tmp_path, monkeypatch) -> None:
+    """Ctrl-C while the third generation is asked: both evaluated batches are on disk."""
+    from search import loop
+    from search.backends._pymoo import PymooNSGA2
 
-    class Interrupting(ProxyEvaluator):
-        def evaluate(self, configs):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return super().evaluate(configs)
+    asks, logged = {"n": 0}, {"n": 0}
+    ask, record = PymooNSGA2.ask, loop._Context.record
 
-    flaky = Interrupting(split=ev.split, costs=ev.costs, platform=ev.platform,
-                         threshold_grid=space.threshold_grid)
+    def counted(self, *args):
+        F, G, new = record(self, *args)
+        logged["n"] += int(new.sum())
+        return F, G, new
+
+    def interrupted(self, n):
+        asks["n"] += 1
+        if asks["n"] == 3:
+            raise KeyboardInterrupt
+        return ask(self, n)
+
+    monkeypatch.setattr(PymooNSGA2, "ask", interrupted)
+    monkeypatch.setattr(loop._Context, "record", counted)
     with pytest.raises(KeyboardInterrupt):
-        _search((space, flaky, tev), tmp_path)
-    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 40  # two batches of 20
+        _search(setup, tmp_path)
+    assert logged["n"] > 20  # two batches of 20, less repeats
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == logged["n"]
+    monkeypatch.setattr(PymooNSGA2, "ask", ask)
     res = _search(setup, tmp_path)
     assert (res.records["strategy"] == "pymoo_nsga2").sum() == 60
 
@@ -162,7 +178,9 @@ def test_space_exhausted_ends_the_search_early(tmp_path) -> None:
                         val=val, platform=platform)
     ev = ProxyEvaluator(split=val, costs=costs, platform=platform,
                         threshold_grid=space.threshold_grid)
-    distinct = 1 + 2 * 2  # no exit, or one exit at either candidate with either level
+    # no exit, or one exit at either candidate at level 0 (threshold 0: every sample leaves);
+    # at level 1 (threshold 1.0) no sample leaves, so that exit is dropped: no exit again
+    distinct = 3
     for backend in ("pymoo_nsga2", "random"):
         res = run_search(evaluator=ev, space=space,
                          cfg_search={"backend": backend, "budget": 50, "population": 4,
@@ -217,3 +235,22 @@ def test_inactive_genes_setting(setup, tmp_path, inactive) -> None:
     with pytest.raises(ValueError, match="inactive_genes"):
         make_backend("pymoo_nsga2", space=space, seed=0, n_obj=2, n_constr=2,
                      cfg={"inactive_genes": "drop"}, run_dir=tmp_path, history=empty)
+
+
+def test_no_logged_trial_has_an_exit_no_val_sample_takes(setup, tmp_path) -> None:
+    _, ev, _ = setup
+    res = _search(setup, tmp_path)
+    for text, shares in zip(res.records["config"], res.records["exit_fractions"], strict=True):
+        cfg = config_from_json(text)
+        assert all(f > 0 for f in json.loads(shares)[:len(cfg.exits)]), text
+    # and the figures are those of the EENN without the idle exit
+    idle = EENNConfig(exits=(ExitChoice(candidate=0, head=0, threshold=2.0),
+                             ExitChoice(candidate=3, head=1, threshold=0.0)),
+                      boundaries=(C + 1, C + 1))
+    batch = ConfigBatch.from_configs([idle])
+    scores = ev.evaluate(batch)
+    assert scores.idle_exits(batch).tolist() == [[True, False]]
+    pruned = batch.without(scores.idle_exits(batch))
+    assert pruned.candidate.tolist() == [[3]]
+    again = ev.evaluate(pruned)
+    assert again.accuracy[0] == scores.accuracy[0] and again.macs[0] < scores.macs[0]
