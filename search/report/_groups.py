@@ -26,8 +26,8 @@ from search.rundir import Run
 __all__ = ["IGNORED", "ConfigDiff", "Grouping", "flatten", "group_runs"]
 
 #: Keys (or key prefixes) that never separate groups; the diff still shows them.
-IGNORED = ("seed", "cache_dir", "hydra", "device", "cpu_threads", "data.root", "data.download",
-           "search.storage", "search.study_name")
+IGNORED = ("seed", "cache_dir", "hydra", "device", "cpu_threads", "model.train.cpu_threads",
+           "data.root", "data.download", "search.storage", "search.study_name")
 _IDENTIFIERS = ("name", "backend")
 _NAMED = ("model", "data", "platform", "search")  # describe a lone group by these
 ABSENT = "(absent)"
