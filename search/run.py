@@ -192,7 +192,7 @@ def run(
     # written once preparation succeeded, so a failing call never overwrites a run's config
     (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
-    space = build_space(to_config(settings.space), val=table.val, platform=prepared.platform)
+    space = build_space(settings.space, val=table.val, platform=prepared.platform)
     grid = space.threshold_grid
     evaluator = ProxyEvaluator(
         split=table.val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
@@ -203,7 +203,7 @@ def run(
     result = run_search(
         evaluator=evaluator,
         space=space,
-        cfg_search=to_config(settings.search),
+        settings=settings.search,
         objectives=list(settings.objectives),
         constraints=settings.constraints,
         seed=settings.seed,
