@@ -239,3 +239,16 @@ def test_not_a_run_folder_errors(tmp_path: Path) -> None:
     (run / "summary.json").write_text(json.dumps({"objectives": ["error", "latency"]}))
     with pytest.raises(RunFolderError, match=r"lacks columns \['obj_latency'\]"):
         load_run(run)
+
+
+def test_pareto_figure_opens_on_the_feasible_region(tmp_path: Path) -> None:
+    """The accuracy axis spans the feasible points and the backbone, not a 0.25-1 strip."""
+    from search.report._figures import pareto_figure
+
+    info = get_pareto_front_info(load_run(fake.write_fake_run(tmp_path / "r", seed=3)))
+    lo, hi = pareto_figure(info).layout.yaxis.range
+    feasible = np.concatenate([p.accuracy[p.feasible] for p in info.strategies])
+    backbone = [r.accuracy for r in info.backbone]
+    assert lo <= min(feasible.min(), *backbone) and hi >= max(feasible.max(), *backbone)
+    everything = np.concatenate([p.accuracy for p in info.strategies])
+    assert lo > everything.min()  # infeasible, far less accurate points are one zoom away
