@@ -2,7 +2,7 @@
 
 Read from the source files' import statements (:func:`tests.test_import_direction
 .imported_modules`), without importing anything; imports inside functions count, since they
-only postpone a cycle to the first call.
+only postpone a cycle to the first call; ``if TYPE_CHECKING:`` imports never run, so not.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _graph(package: str) -> nx.DiGraph:
     graph = nx.DiGraph()
     graph.add_nodes_from(paths)
     for name, path in paths.items():
-        targets = imported_modules(path) & set(paths) - {name}
+        targets = imported_modules(path, runtime_only=True) & set(paths) - {name}
         graph.add_edges_from((name, target) for target in targets)
     return graph
 
