@@ -45,12 +45,18 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} became {new!r}"]
 
 
+# defaults changed on purpose since: the generic and npz loaders' splits are fractions (issue 12)
+_SPLITS = {".data.splits.train", ".data.splits.val", ".data.splits.test"}
+CHANGED = {"random_generic": _SPLITS, "optuna_nsga2_single_mcu": _SPLITS}
+
+
 @pytest.mark.parametrize("case", sorted(OLD))
 def test_composed_defaults_equal_the_old_yaml_values(case: str) -> None:
     """The YAML files name only what a preset chooses; composed with the settings' defaults,
-    every value is what the YAML files said before they were trimmed."""
+    every value is what the YAML files said before they were trimmed (but for CHANGED)."""
     cfg = _compose([*OLD[case]["overrides"], "cache_dir=results/cache"])
-    assert _differences(OLD[case]["config"], to_config(parse_config(cfg))) == []
+    found = _differences(OLD[case]["config"], to_config(parse_config(cfg)))
+    assert [d for d in found if d.split(":")[0] not in CHANGED.get(case, set())] == []
 
 
 @pytest.mark.parametrize("case", sorted(OLD))
