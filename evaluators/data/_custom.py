@@ -151,11 +151,8 @@ def load_npz(data: DataSettings, *, seed: int) -> Pool:
     del seed
     assert isinstance(data.options, NpzOptions), "DataSettings picks the loader's options"
     spec = data.options.path
-    files: dict[str | None, Path | None]
-    if isinstance(spec, Mapping):
-        files = {k: Path(v) for k, v in spec.items()}
-    else:
-        files = {None: spec}
+    files: dict[str | None, Path | None] = (
+        {k: Path(v) for k, v in spec.items()} if isinstance(spec, Mapping) else {None: spec})
     read = {split: _read_npz(Path(str(p)), split) for split, p in files.items()}
     x = _stack(Path(str(files.get("train", next(iter(files.values()))))),
                [(f"x of {split or 'the file'}", r[0]) for split, r in read.items()])
