@@ -1,4 +1,4 @@
-"""Bring-your-own data: fractions by default, the user's own partition, one-line errors, rare classes."""
+"""Bring-your-own data: fractions by default, the user's own partition, errors, rare classes."""
 
 from __future__ import annotations
 
