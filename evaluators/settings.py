@@ -109,6 +109,8 @@ def _num_classes(g: Group) -> int | None:
 def _foreign_preset(name: str, arch: str, tv_name: str | None) -> bool:
     """Whether ``model.arch`` was overridden on a preset written for another architecture
     (the preset's name is a registry key, or its ``tv_name``, that is not ``arch``)."""
+    if ":" not in arch and arch not in ARCHITECTURES:
+        return False  # not an architecture at all: building it says so
     if tv_name is not None:
         return arch != f"torchvision:{tv_name}"
     return name in ARCHITECTURES and arch != name
