@@ -6,6 +6,7 @@ tests call it directly with a composed (and shrunk) config.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evaluators.costs import path_costs
@@ -132,7 +134,9 @@ def _mapping_text(config: Mapping[str, Any], prepared: Prepared) -> str:
     parts = []
     for d, device in enumerate(prepared.platform.devices):
         segs = [s for s in range(n_seg) if cfg.device_of_segment(s) == d]
-        parts.append(f"{device.name}: " + (f"segments {segs[0]}-{segs[-1]}" if segs else "relay"))
+        parts.append(f"{device.name}: " + (
+            f"segments {segs[0]}-{segs[-1]}" if segs else
+            "relay (runs no segment; forwards what it receives)"))
     return "; ".join(parts)
 
 
@@ -191,8 +195,11 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
         )
         or "none"
     )
-    shares = ", ".join(f"{100 * f:.1f}%" for f in val["exit_fractions"])
-    table.add_row("exits (metric " + config["metric"] + ")", "", exits, "")
+    places = [names[e["candidate"]] for e in config["exits"]] + ["backbone"]
+    shares = ", ".join(f"{w} {100 * f:.1f}%"
+                       for w, f in zip(places, val["exit_fractions"], strict=True))
+    # escaped: "[head]" would otherwise be read as rich markup and vanish
+    table.add_row("exits (metric " + config["metric"] + ")", "", escape(exits), "")
     table.add_row("exit distribution (val)", "", shares, "")
     table.add_row("device mapping", "", _mapping_text(config, prepared), "")
     return table
@@ -206,7 +213,8 @@ def run(
     progress: bool = True,
 ) -> RunOutcome:
     """Run the experiment ``cfg`` (parsed here unless it already is) into the folder ``run_dir``."""
-    console = console or Console()
+    # redirected output has no terminal width: keep names whole instead of rich's 80 columns
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     settings = parse_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

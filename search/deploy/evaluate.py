@@ -222,8 +222,14 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
             **done[text],
         })
     df = pd.DataFrame(rows)
-    if write:
-        df.to_csv(run.run_dir / EVALUATED, index=False)
+    if write:  # points evaluated by an earlier call stay; these replace their own rows
+        path = run.run_dir / EVALUATED
+        if path.is_file():
+            old = pd.read_csv(path)
+            df_all = pd.concat([old[~old["trial"].isin(df["trial"])], df], ignore_index=True)
+            df_all.sort_values("trial").to_csv(path, index=False)
+        else:
+            df.to_csv(path, index=False)
     return df
 
 
@@ -256,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.deploy.evaluate",
                                      description="Run a search's points as real EENNs on val/test.")
     parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
-    parser.add_argument("--points", default="pareto",
+    parser.add_argument("--points", "--point", dest="points", default="pareto",
                         help="all | pareto (default) | chosen | trial ids like 3,17,42")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)

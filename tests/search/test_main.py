@@ -70,6 +70,10 @@ def test_run_writes_a_complete_run_folder(tmp_path: Path, cache_dir: Path) -> No
     assert chosen["val"]["macs"] < summary["backbone"]["macs"]
     if chosen["feasible"]:
         assert chosen["val"]["accuracy_drop_ub"] <= 0.01 + 1e-12
+    text = (run_dir / "summary.txt").read_text()
+    # every exit names its head, every share names where it leaves (the last: the backbone)
+    assert all(f"[{summary['heads'][e['head']]}]" in text for e in chosen["config"]["exits"])
+    assert "backbone " in text.split("exit distribution")[1].split("\n")[0]
 
 
 @pytest.mark.slow
