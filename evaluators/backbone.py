@@ -10,6 +10,7 @@ Accuracies on val and test are cached next to it, keyed by the weights and the d
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import warnings
@@ -27,7 +28,7 @@ from evaluators._cache import atomic_write, ensure_writable
 from evaluators._training import BackboneError, TrainRecipe, accuracy, train
 from evaluators.data import DataSplits
 from evaluators.device import resolve_device
-from evaluators.hashing import hash_json, hash_state_dict
+from evaluators.hashing import hash_file, hash_json, hash_state_dict
 from evaluators.models import build_architecture
 from evaluators.settings import ModelSettings
 
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 _CACHE_VERSION = 1
+POOR_MARGIN = 0.05  # a trained backbone this close to chance or the majority class is warned of
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +70,23 @@ def _archive_kind(path: Path) -> str:
         ):
             return "export"
     return "state_dict"
+
+
+def _check_archive(path: Path, *, own: bool) -> None:
+    """A zip checkpoint (torch.save, TorchScript, .pt2) whose records fail their CRC is corrupt:
+    torch would load the flipped bytes as weights without a word."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
+        bad = f"the archive ({type(err).__name__})"
+    if bad is None:
+        return
+    fix = ("re-save or re-download it" if own else "it is deleted and retrained")
+    raise BackboneError(f"{'model.checkpoint' if own else 'cached backbone'}={path} is corrupt "
+                        f"({bad} fails its checksum); {fix}")
 
 
 def _unwrap_state(state: Any) -> dict[str, torch.Tensor] | None:
@@ -133,6 +153,7 @@ def load_checkpoint(
             f"model.checkpoint={path} does not exist; point it at a checkpoint file or set "
             f"model.checkpoint=null to train {arch}"
         )
+    _check_archive(path, own=True)
     kind = _archive_kind(path)
     try:
         if kind == "export":
@@ -151,39 +172,92 @@ def load_checkpoint(
     return _load_state_dict(path, arch=arch, num_classes=num_classes, kwargs=kwargs or {})
 
 
-def _check_outputs(model: nn.Module, data: DataSplits, path: Path) -> None:
-    """One forward pass on three val samples: the output must be (3, num_classes)."""
+def _first_conv_channels(model: nn.Module) -> tuple[str, int] | None:
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return name, module.in_channels
+    return None
+
+
+def _check_outputs(model: nn.Module, data: DataSplits, what: str, fix: str) -> None:
+    """One forward pass on three val samples: the output must be (3, num_classes) logits.
+
+    ``what`` names the backbone in the message (the checkpoint file, or ``model.arch=...``
+    before training) and ``fix`` is what to change when the forward pass fails.
+    """
     x = torch.stack([data.val[i][0] for i in range(min(3, len(data.val)))])  # type: ignore[arg-type]
+    conv = _first_conv_channels(model)
+    if conv is not None and len(data.input_shape) >= 2 and conv[1] != data.input_shape[0]:
+        raise BackboneError(
+            f"{what} expects {conv[1]}-channel input (its first convolution {conv[0]!r} has "
+            f"in_channels={conv[1]}) but {data.name}'s samples are {data.input_shape}; give the "
+            f"data {conv[1]} channels (e.g. np.repeat(x, {conv[1]}, axis=1) for grey images) or "
+            f"use an architecture built for {data.input_shape[0]}"
+        )
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as err:
         raise BackboneError(
-            f"checkpoint {path} fails on a batch of {len(x)} inputs of shape {data.input_shape} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); export it "
-            "for this input shape with a dynamic batch dimension"
+            f"{what} fails on a batch of {len(x)} inputs of shape {data.input_shape} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {fix}"
         ) from err
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BackboneError(
-            f"checkpoint {path} outputs {shape}, expected ({len(x)}, {data.num_classes}) logits "
-            f"for {data.name}"
+            f"{what} outputs {shape}, expected ({len(x)}, {data.num_classes}) logits "
+            f"for the {data.num_classes} classes of {data.name}; give its constructor a "
+            "num_classes argument (or set model.kwargs.<its class-count argument>)"
         )
 
 
 def _cache_key(
     arch: str, kwargs: Mapping[str, Any], data: DataSplits, recipe: TrainRecipe, seed: int
 ) -> str:
+    """The recipe enters as trained: its effective epochs, without ``min_steps`` (which only
+    chooses them), so a recipe that names its epochs keeps the key it always had."""
+    trained = {**asdict(recipe), "epochs": recipe.epochs_for(len(data.train))}  # type: ignore[arg-type]
+    del trained["min_steps"]
     blob = {
         "version": _CACHE_VERSION,
         "arch": arch,
         "kwargs": dict(kwargs),
         "num_classes": data.num_classes,
         "data": data.fingerprint,
-        "recipe": asdict(recipe),
+        "recipe": trained,
         "seed": seed,
     }
     return hash_json(blob)
+
+
+def _verified(path: Path) -> dict[str, Any] | None:
+    """The metadata of an intact cached checkpoint, else ``None`` (the damaged files removed).
+
+    The weights' SHA-256 is in the ``.json`` written after them; an entry from before checksums
+    is accepted once when its zip records pass their CRC, and its checksum recorded then.
+    """
+    meta_path = path.with_suffix(".json")
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    problem = None
+    if "sha256" in meta:
+        if hash_file(path) != meta["sha256"]:
+            problem = "its weights do not match their checksum"
+    else:
+        try:
+            _check_archive(path, own=False)
+            meta["sha256"] = hash_file(path)
+            atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        except BackboneError as err:
+            problem = str(err)
+    if problem is None:
+        return meta
+    _log.warning("cached backbone %s is corrupt (%s); retraining it", path, problem)
+    path.unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
+    return None
 
 
 def _load_cached(
@@ -197,6 +271,42 @@ def _load_cached(
         ) from err
 
 
+def _build(arch: str, kwargs: Mapping[str, Any], data: DataSplits) -> nn.Module:
+    """An untrained ``arch`` for ``data``, checked on three val samples before any training."""
+    try:
+        model = build_architecture(arch, num_classes=data.num_classes, **kwargs)
+    except ValueError as err:
+        raise BackboneError(str(err).splitlines()[0]) from err
+    model.eval()
+    _check_outputs(model, data, f"model.arch={arch}",
+                   "make its forward take a batch of such samples, or reshape them in the data")
+    return model
+
+
+def _baseline(data: DataSplits) -> tuple[float, str]:
+    """The val accuracy of always answering the train split's most common class (or chance)."""
+    train_labels = torch.as_tensor([int(data.train[i][1]) for i in range(len(data.train))])  # type: ignore[arg-type]
+    val_labels = torch.as_tensor([int(data.val[i][1]) for i in range(len(data.val))])  # type: ignore[arg-type]
+    majority = int(torch.bincount(train_labels, minlength=data.num_classes).argmax())
+    share = float((val_labels == majority).float().mean()) if len(val_labels) else 0.0
+    chance = 1.0 / data.num_classes
+    if share >= chance:
+        return share, f"always answering class {data.class_names[majority]!r}"
+    return chance, "chance"
+
+
+def _warn_if_poor(meta: Mapping[str, Any], arch: str) -> None:
+    """One log line when the trained backbone is within a few points of a trivial answer."""
+    acc, base = meta.get("val_accuracy"), meta.get("baseline_accuracy")
+    if acc is None or base is None or acc >= base + POOR_MARGIN:
+        return
+    _log.warning(
+        "the trained backbone %s reaches %.3f val accuracy, within %d points of %s (%.3f): its "
+        "exits cannot be better; train it longer (model.train.epochs, model.train.lr), give more "
+        "training data, or set model.checkpoint=<your trained weights>",
+        arch, acc, round(100 * POOR_MARGIN), meta.get("baseline", "chance"), base)
+
+
 def _train_and_cache(
     arch: str,
     kwargs: Mapping[str, Any],
@@ -206,33 +316,42 @@ def _train_and_cache(
     seed: int,
     device: torch.device,
     path: Path,
-) -> nn.Module:
+) -> tuple[nn.Module, dict[str, Any]]:
     n_train = len(data.train)  # type: ignore[arg-type]
+    epochs = recipe.epochs_for(n_train)
     Console(stderr=True).print(
         f"[bold yellow]No checkpoint given (model.checkpoint=null): training {arch} on {data.name} "
-        f"({n_train} samples, {recipe.epochs} epochs, {device}).[/] "
-        f"It is cached at {path} and reused by later runs; set model.checkpoint=<file> to use your "
-        "own weights."
+        f"({n_train} samples, {epochs} epochs of {recipe.steps_per_epoch(n_train)} steps, "
+        f"{device}).[/] It is cached at {path} and reused by later runs; set "
+        "model.checkpoint=<file> to use your own weights."
     )
     torch.manual_seed(seed)
-    model = build_architecture(arch, num_classes=data.num_classes, **kwargs)
+    model = _build(arch, kwargs, data)
     start = time.perf_counter()
     train(model, data, recipe, seed=seed, device=device, desc=f"training {arch}")
+    seconds = time.perf_counter() - start
+    val_accuracy = accuracy(model, data.val, device=device)
     model.to("cpu")
     atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    base, what = _baseline(data)
     meta = {
         "arch": arch,
         "kwargs": dict(kwargs),
         "data": data.name,
         "data_fingerprint": data.fingerprint,
         "recipe": asdict(recipe),
+        "epochs": epochs,
         "seed": seed,
         "device": str(device),
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": seconds,
+        "val_accuracy": val_accuracy,
+        "baseline": what,
+        "baseline_accuracy": base,
+        "sha256": hash_file(path),  # checked on every load
     }
     text = json.dumps(meta, indent=2, default=str)
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
-    return model
+    return model, meta
 
 
 def get_backbone(
@@ -246,7 +365,8 @@ def get_backbone(
     """The backbone ``model`` describes, trained on ``data`` if needed; on the CPU in eval mode.
 
     Loads ``model.checkpoint`` when given; otherwise trains ``model.arch`` with ``model.train``
-    (on the GPU when ``device`` resolves to cuda) once and reuses the cached weights afterwards.
+    (on the GPU when ``device`` resolves to cuda) once and reuses the cached weights afterwards
+    (checksummed: a damaged file is retrained). ``seed`` is the run's ``data_seed``.
     """
     arch, kwargs = model.arch, dict(model.kwargs)
     dev = resolve_device(device)
@@ -260,13 +380,17 @@ def get_backbone(
         recipe = model.train
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
         path = directory / f"{safe}-{_cache_key(arch, kwargs, data, recipe, seed)[:16]}.pt"
-        if path.is_file():
+        meta = _verified(path) if path.is_file() else None
+        if meta is not None:
             net = _load_cached(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
         else:
-            net = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev, path=path)
+            net, meta = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev,
+                                         path=path)
             trained_now = True
+        _warn_if_poor(meta, arch)
     net.eval()
-    _check_outputs(net, data, path)
+    _check_outputs(net, data, f"checkpoint {path}",
+                   "export it for this input shape with a dynamic batch dimension")
     # no accuracy pass here: the feature pass computes the backbone's logits on every split
     info = BackboneInfo(
         checkpoint=path, trained_now=trained_now, weights_hash=hash_state_dict(net)

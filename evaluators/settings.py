@@ -12,8 +12,9 @@ The other evaluators' groups have their typed values next to their consumers:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,14 @@ from evaluators._config import (
     to_config,
 )
 from evaluators._training import BackboneError, TrainRecipe
+from evaluators.models import ARCHITECTURES
 
 # REQUIRED ... to_config: the group reader every settings parser uses (spaces, search), and
 # plain, the one conversion of a config node to plain Python
 __all__ = ["REQUIRED", "CandidateSettings", "ConfigError", "FeatureSettings", "Group",
            "ModelSettings", "defaults_of", "plain", "strict_int", "strict_str", "to_config"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +87,10 @@ class CandidateSettings:
         return {k: v for k, v in values.items() if v is not None}
 
 
-def _input_shape(g: Group, name: str) -> tuple[int, ...]:
+def _input_shape(g: Group, name: str) -> tuple[int, ...] | None:
     shape = g.values.get("input_shape")
+    if shape is None:
+        return None
     if (not isinstance(shape, (list, tuple)) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
         raise ConfigError(f"model.input_shape={shape!r} for model {name!r}; set it to one "
@@ -94,25 +100,66 @@ def _input_shape(g: Group, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _num_classes(g: Group) -> int | None:
+    num_classes = g.values.get("num_classes")
+    if num_classes is not None and (isinstance(num_classes, bool)
+                                    or not isinstance(num_classes, int) or num_classes < 1):
+        raise ConfigError(f"model.num_classes={num_classes!r} must be an integer >= 1")
+    return num_classes
+
+
+def _foreign_preset(name: str, arch: str, tv_name: str | None) -> bool:
+    """Whether ``model.arch`` was overridden on a preset written for another architecture
+    (the preset's name is a registry key, or its ``tv_name``, that is not ``arch``)."""
+    if ":" not in arch and arch not in ARCHITECTURES:
+        return False  # not an architecture at all: building it says so
+    if tv_name is not None:
+        return arch != f"torchvision:{tv_name}"
+    return name in ARCHITECTURES and arch != name
+
+
+def _own_name(arch: str) -> str:
+    """A run name for ``arch``: ``pkg.mod:Net`` -> ``Net``, ``torchvision:x`` ->
+    ``torchvision_x``."""
+    if arch.startswith("torchvision:"):
+        return arch.replace(":", "_", 1)
+    return arch.rpartition(":")[2] or arch
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     """``model``: the backbone (architecture, checkpoint or training recipe) and its candidates.
 
     ``checkpoint`` is a state dict / TorchScript / ``.pt2`` file; ``None`` trains ``arch`` once
     with ``train`` and caches it. ``kwargs`` go to the architecture's constructor, which checks
-    them. ``tv_name`` is the helper key of ``conf/model/torchvision.yaml`` that its name and
-    arch are built from.
+    them. ``input_shape`` and ``num_classes`` are for ``search.inspect`` (no data); a run takes
+    both from the data. ``tv_name`` is the helper key of ``conf/model/torchvision.yaml`` that its
+    name and arch are built from.
+
+    A preset's ``input_shape``, ``num_classes`` and ``train`` belong to its architecture: when
+    ``model.arch`` is overridden on a preset written for another one (``model.arch=pkg.mod:Net``
+    on the default ``mnist_cnn``), the run is named after ``arch``, shape and classes come from
+    the data and ``train`` is :class:`TrainRecipe`'s defaults, the recipe for unknown models;
+    one log line says so.
     """
 
     name: str
     arch: str
-    input_shape: tuple[int, ...]  # one sample, without the batch dimension
-    num_classes: int
+    input_shape: tuple[int, ...] | None = None  # one sample, without the batch dimension
+    num_classes: int | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     candidates: CandidateSettings = CandidateSettings()
     train: TrainRecipe = field(default_factory=TrainRecipe)
     tv_name: str | None = None
+
+    def shape_and_classes(self) -> tuple[tuple[int, ...], int]:
+        """``input_shape`` and ``num_classes`` where no data gives them (``search.inspect``)."""
+        if self.input_shape is None or self.num_classes is None:
+            raise ConfigError(f"model {self.name!r} has no input_shape/num_classes (a run takes "
+                              "them from the data); set model.input_shape=[C, H, W] and "
+                              "model.num_classes=<classes> to inspect it without data")
+        return self.input_shape, self.num_classes
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> ModelSettings:
@@ -122,17 +169,25 @@ class ModelSettings:
         if not arch:
             raise BackboneError("model.arch is not set; name a registry key, torchvision:<name> "
                                 "or module:Callable")
-        name = g.text("name", arch)
-        num_classes = g.values.get("num_classes")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"model.num_classes={num_classes!r} must be an integer >= 1")
+        name = g.text("name", _own_name(arch))
+        tv_name = g.text("tv_name", None, optional=True)
         checkpoint = g.text("checkpoint", None, optional=True)
-        return cls(
-            name=name, arch=arch, input_shape=_input_shape(g, name), num_classes=num_classes,
+        settings = cls(
+            name=name, arch=arch, input_shape=_input_shape(g, name), num_classes=_num_classes(g),
             kwargs=g.mapping("kwargs", {}),
             checkpoint=Path(checkpoint).expanduser() if checkpoint else None,
             candidates=CandidateSettings.from_mapping(g.values.get("candidates")),
             train=TrainRecipe.from_config(g.values.get("train")),
-            tv_name=g.text("tv_name", None, optional=True),
+            tv_name=tv_name,
         )
-
+        if not _foreign_preset(name, arch, tv_name):
+            return settings
+        own = replace(settings, name=_own_name(arch), input_shape=None, num_classes=None,
+                      train=TrainRecipe(), tv_name=None)
+        _log.warning("model.arch=%s is not the architecture of preset %r: its input_shape, "
+                     "num_classes and train recipe are dropped; the run is named %r, shape and "
+                     "classes come from the data%s", arch, name, own.name,
+                     "" if checkpoint else ", and it trains with the recipe for unknown models "
+                     f"({own.train.describe()}); to choose it, use model=custom model.arch={arch} "
+                     "model.train.<key>=<value>")
+        return own

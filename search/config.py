@@ -57,6 +57,10 @@ def _cache_dir() -> Path:
 class ExperimentSettings:
     """One experiment: the top-level keys of ``conf/config.yaml`` and every config group.
 
+    ``seed``: the search's seed (sampler, baselines, head training); ``data_seed``: draws the
+    train/val/test split and seeds the backbone's training, so runs that differ only in
+    ``seed`` share one split and one backbone (a mapping without ``data_seed``, e.g. a run
+    folder written before it existed, reads it as ``seed``, which both were then);
     ``device``: ``cpu``, ``cuda[:n]`` or ``auto`` (a GPU when one is present);
     ``cpu_threads``: torch threads on the CPU (0: torch's default, shared out between the jobs
     of a joblib sweep); ``cache_dir``: backbone checkpoints, feature caches, heads and
@@ -75,6 +79,7 @@ class ExperimentSettings:
     constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
     name: str = "default"
     seed: int = 0
+    data_seed: int = 0
     device: str = "auto"
     cpu_threads: int = 0
     cache_dir: Path = field(default_factory=_cache_dir)
@@ -97,7 +102,9 @@ def _top_level(g: Group) -> dict[str, Any]:
     if threads < 0:
         raise ConfigError(f"cpu_threads={threads} is negative; use 0 (automatic) or a count")
     cache_dir = g.text("cache_dir", None, optional=True)
-    return {"name": g.text("name", d["name"]), "seed": g.integer("seed", d["seed"], low=0),
+    seed = g.integer("seed", d["seed"], low=0)
+    return {"name": g.text("name", d["name"]), "seed": seed,
+            "data_seed": g.integer("data_seed", seed, low=0),
             "device": check_device(g.text("device", d["device"])), "cpu_threads": threads,
             "cache_dir": Path(cache_dir).expanduser() if cache_dir else _cache_dir(),
             "objectives": _objectives(g, d["objectives"])}

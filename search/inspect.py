@@ -37,13 +37,13 @@ def build_backbone_and_input(model: ModelSettings) -> tuple[nn.Module, torch.Ten
     Built on the meta device when the constructor allows it (no weights are
     needed to find candidates); otherwise on the CPU.
     """
-    shape, kwargs = model.input_shape, dict(model.kwargs)
+    (shape, num_classes), kwargs = model.shape_and_classes(), dict(model.kwargs)
     try:
         with torch.device("meta"):
-            net = build_architecture(model.arch, num_classes=model.num_classes, **kwargs)
+            net = build_architecture(model.arch, num_classes=num_classes, **kwargs)
         return net.eval(), torch.empty(1, *shape, device="meta")
     except NotImplementedError:  # the constructor computes with tensor data
-        net = build_architecture(model.arch, num_classes=model.num_classes, **kwargs)
+        net = build_architecture(model.arch, num_classes=num_classes, **kwargs)
         return net.eval(), torch.zeros(1, *shape)
 
 

@@ -70,8 +70,9 @@ def prepare(settings: ExperimentSettings | Mapping[str, Any] | DictConfig, *,
     s = parse_config(settings)
     seed_everything(s.seed)
     dev = resolve_device(s.device)
-    data = load_data(s.data, seed=s.seed)
-    model, info = get_backbone(s.model, data, cache_dir=s.cache_dir, seed=s.seed, device=s.device)
+    data = load_data(s.data, seed=s.data_seed)  # split and backbone: data_seed, not the search's
+    model, info = get_backbone(s.model, data, cache_dir=s.cache_dir, seed=s.data_seed,
+                               device=s.device)
     example = torch.zeros(1, *data.input_shape)
     profile = cached_profile(model, example, cache_dir=s.cache_dir,
                              weights_hash=info.weights_hash,

@@ -9,6 +9,7 @@ downstream caches notice any change.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,11 +18,13 @@ import torch
 from torch.utils.data import Dataset
 
 from evaluators.data._pool import ArrayDataset, DataError, Pool
-from evaluators.data._splits import SPLITS, SplitError, stratified_split
-from evaluators.data.settings import LOADERS, DataSettings
+from evaluators.data._splits import SPLITS, Size, SplitError, rare_classes, stratified_split
+from evaluators.data.settings import LOADERS, DataSettings, SplitSizes
 from evaluators.hashing import hash_tensors
 
 __all__ = ["LOADERS", "ArrayDataset", "DataError", "DataSettings", "DataSplits", "load_data"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +78,22 @@ def _fingerprint(name: str, parts: dict[str, ArrayDataset], indices: dict[str, n
     return hash_tensors(named, salt=f"{name}|" + "|".join(str(parts[s].scale) for s in SPLITS))
 
 
+def _sizes(data: DataSettings, pool: Pool) -> dict[str, Size]:
+    """The configured sizes; the default fractions mean whole partitions where the data has
+    its own (train/val from 0.75/0.25 of a ``fit`` partition when there is no val part)."""
+    if pool.groups is None or data.splits != SplitSizes():
+        return data.splits.as_mapping()
+    if np.any(pool.groups == "fit"):
+        return {"train": 0.75, "val": 0.25, "test": None}
+    return {"train": None, "val": None, "test": None}
+
+
 def load_data(data: DataSettings, *, seed: int) -> DataSplits:
-    """Load the dataset ``data`` describes (the parsed ``conf/data`` group) and split it."""
+    """Load the dataset ``data`` describes (the parsed ``conf/data`` group) and split it.
+
+    ``seed`` draws the split (the run's ``data_seed``). A class too rare to be in every split
+    is named in a warning.
+    """
     name = data.name
     pool = _loader(data.loader)(data, seed=seed)
     num_classes = len(pool.class_names)
@@ -86,10 +103,13 @@ def load_data(data: DataSettings, *, seed: int) -> DataSplits:
             f"data.num_classes={num_classes}"
         )
     try:
-        indices = stratified_split(pool.labels, data.splits.as_mapping(), seed=seed,
+        indices = stratified_split(pool.labels, _sizes(data, pool), seed=seed,
                                    groups=pool.groups)
     except SplitError as err:
         raise DataError(str(err)) from None
+    rare = rare_classes(pool.labels, indices, pool.class_names)
+    if rare:
+        _log.warning("data %s: %s", name, rare)
     inputs = {s: pool.read(indices[s]) for s in SPLITS}
     sample_ndim = inputs["train"].dim() - 1
     if pool.fit_norm:

@@ -17,7 +17,7 @@ from typing import Any
 
 from evaluators._config import Group, to_config
 from evaluators.data._pool import DataError
-from evaluators.data._splits import SPLITS
+from evaluators.data._splits import SPLITS, Size
 
 __all__ = ["LOADERS", "DataSettings", "LoaderOptions", "SplitSizes", "loader_options"]
 
@@ -60,13 +60,20 @@ def loader_options(loader: str) -> type[LoaderOptions]:
 
 @dataclass(frozen=True, kw_only=True)
 class SplitSizes:
-    """``data.splits``: samples drawn for train, val and test (``None``: all that remain)."""
+    """``data.splits``: how many samples train, val and test get.
 
-    train: int | None = None
-    val: int | None = None
-    test: int | None = None
+    Each is a fraction of the data (``0.6``), a count (``3000``) or ``None`` (all that
+    remain). The defaults, 0.6/0.2/0.2, fit a dataset of any size; where the data brings its
+    own partition (an npz with ``x_train``/``x_val``/``x_test`` or a ``split`` array, several
+    files, official split lists) the defaults mean "each split is its whole partition" (and
+    0.75/0.25 of the train partition when there is no val partition).
+    """
 
-    def as_mapping(self) -> dict[str, int | None]:
+    train: Size = 0.6
+    val: Size = 0.2
+    test: Size = 0.2
+
+    def as_mapping(self) -> dict[str, Size]:
         return {s: getattr(self, s) for s in SPLITS}
 
     @classmethod
@@ -75,7 +82,18 @@ class SplitSizes:
         if unknown:
             raise DataError(f"data.splits has unknown keys {sorted(unknown)}; use train, val and "
                             "test")
-        return cls(**{s: g.integer(s, None, optional=True) for s in SPLITS})
+        d = cls()
+        return cls(**{s: _size(g, s, getattr(d, s)) for s in SPLITS})
+
+
+def _size(g: Group, key: str, default: Size) -> Size:
+    """A count >= 1, a fraction in (0, 1] or null (1.0 is a fraction: all of it)."""
+    raw = g.values.get(key, default)
+    if isinstance(raw, float) and not isinstance(raw, bool):
+        share: float = g.number(key, default, above=0.0, high=1.0)
+        return share
+    count: int | None = g.integer(key, default, low=1, optional=True)
+    return count
 
 
 _COMMON = ("name", "loader", "root", "download", "num_classes", "splits")

@@ -8,6 +8,7 @@ path ``package.module:Callable`` for a user's own architecture.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from torch import nn
@@ -36,8 +37,33 @@ def _resolve(path: str) -> Any:
         raise ValueError(f"arch={path!r} cannot be imported ({err})") from err
 
 
+_CLASS_ARGS = ("num_classes", "n_classes", "classes", "num_outputs", "n_outputs", "out_features")
+
+
+def _class_argument(factory: Any, arch: str, kwargs: dict[str, Any]) -> str | None:
+    """The constructor argument that takes the class count: ``num_classes`` (also when it takes
+    ``**kwargs``), else the one other usual name it has; ``None`` when it has none."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins and some C extensions have no signature
+        return "num_classes"
+    names = [n for n in _CLASS_ARGS if n in params and n not in kwargs]
+    if "num_classes" in names or (not names and any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())):
+        return "num_classes"
+    if len(names) > 1:
+        raise ValueError(f"arch={arch!r} takes both {names[0]!r} and {names[1]!r}; set the class "
+                         f"count yourself with model.kwargs.<the right one>=<classes>")
+    return names[0] if names else None
+
+
 def build_architecture(arch: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Instantiate an untrained backbone named ``arch`` with ``num_classes`` outputs."""
+    """Instantiate an untrained backbone named ``arch`` with ``num_classes`` outputs.
+
+    The class count goes to the constructor's ``num_classes`` argument, or the one other usual
+    name it has (``n_classes``, ``classes``, ...); a constructor with none is called without it
+    (its outputs are checked against the data before training).
+    """
     if arch.startswith("torchvision:"):
         from torchvision.models import get_model, list_models
 
@@ -56,7 +82,17 @@ def build_architecture(arch: str, *, num_classes: int, **kwargs: Any) -> nn.Modu
             f"unknown model arch={arch!r}; use one of {known}, "
             "torchvision:<name> or module:Callable"
         )
-    model = factory(num_classes=num_classes, **kwargs)
+    argument = _class_argument(factory, arch, kwargs)
+    given = {argument: num_classes} if argument else {}
+    try:
+        model = factory(**given, **kwargs)
+    except TypeError as err:
+        if "argument" not in str(err):
+            raise
+        raise ValueError(f"arch={arch!r} cannot be built with {sorted({**given, **kwargs})} "
+                         f"({str(err).splitlines()[0]}); give its other arguments as "
+                         "model.kwargs.<name>=<value>, and a class-count argument named "
+                         "num_classes") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"arch={arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

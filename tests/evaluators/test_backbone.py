@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from evaluators._cache import CacheError
+from evaluators._training import TrainRecipe
 from evaluators.backbone import BackboneError, accuracy, get_backbone, load_checkpoint
 from evaluators.data import DataSettings, DataSplits, load_data
 from evaluators.device import DeviceError
@@ -182,3 +186,81 @@ def test_default_mnist_backbone_reaches_97_percent(tmp_path: Path) -> None:
     test_accuracy = accuracy(model, data.test, device=CPU)
     assert test_accuracy >= 0.97, (test_accuracy, info)
     print(f"trained in {time.perf_counter() - start:.1f} s (load {os.getloadavg()[0]:.1f}): {info}")
+
+
+def _flip(path: Path, count: int = 64) -> None:
+    """Flip ``count`` bytes in the middle of ``path`` (the tensors' data)."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    for i in range(middle, middle + count):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_corrupt_cached_backbone_is_retrained(data: DataSplits, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    _, info = get_backbone(_model(MODEL), data, cache_dir=tmp_path, seed=0, device="cpu")
+    meta = json.loads(info.checkpoint.with_suffix(".json").read_text())
+    assert len(meta["sha256"]) == 64
+    _flip(info.checkpoint)
+    with caplog.at_level(logging.WARNING, logger="evaluators.backbone"):
+        _, again = get_backbone(_model(MODEL), data, cache_dir=tmp_path, seed=0, device="cpu")
+    assert again.trained_now and again.weights_hash == info.weights_hash  # rebuilt, same weights
+    assert any("is corrupt" in r.getMessage() for r in caplog.records)
+    # an entry from before checksums: its zip CRCs are checked, then its checksum recorded
+    meta_path = info.checkpoint.with_suffix(".json")
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    _, old = get_backbone(_model(MODEL), data, cache_dir=tmp_path, seed=0, device="cpu")
+    assert not old.trained_now and "sha256" in json.loads(meta_path.read_text())
+
+
+def test_a_corrupt_own_checkpoint_is_a_one_line_error(data: DataSplits, tmp_path: Path) -> None:
+    path = tmp_path / "mine.pt"
+    torch.save(_tiny_model().state_dict(), path)
+    _flip(path)
+    with pytest.raises(BackboneError) as err:
+        get_backbone(_model({**MODEL, "checkpoint": str(path)}), data, cache_dir=tmp_path,
+                     seed=0, device="cpu")
+    assert "is corrupt" in str(err.value) and "re-save" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_constructor_class_count_argument_is_found() -> None:
+    model = build_architecture("tests.evaluators._byo_models:NClasses", num_classes=7)
+    assert model(torch.zeros(2, 1, 12)).shape == (2, 7)
+    fixed = build_architecture("tests.evaluators._byo_models:FixedFive", num_classes=10)
+    assert fixed(torch.zeros(2, 1, 12)).shape == (2, 5)
+
+
+def test_a_wrong_output_count_or_channel_count_is_one_line(data: DataSplits,
+                                                           tmp_path: Path) -> None:
+    for arch, message in [("tests.evaluators._byo_models:FixedFive", "outputs (3, 5), expected"),
+                          ("torchvision:resnet18", "expects 3-channel input")]:
+        cfg = {"arch": arch, "checkpoint": None, "train": {"epochs": 1}}
+        with pytest.raises(BackboneError) as err:
+            get_backbone(_model(cfg), data, cache_dir=tmp_path, seed=0, device="cpu")
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert not list((tmp_path / "backbones").glob("*.pt"))  # failed before any training
+
+
+def test_unknown_models_train_for_a_minimum_of_steps() -> None:
+    recipe = TrainRecipe()
+    assert recipe.epochs is None and recipe.epochs_for(120) == 500  # one step per epoch
+    assert recipe.epochs_for(50_000) == 10
+    assert recipe.epochs_for(1_800) == 18  # 28 steps an epoch
+    assert TrainRecipe(epochs=8).epochs_for(120) == 8  # a preset's epochs are taken as written
+
+
+def test_a_backbone_near_chance_is_warned_of(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(200, 1, 12)).astype(np.float32),
+             y=rng.integers(0, 2, 200))  # labels unrelated to the inputs
+    noise = _load({"name": "noise", "loader": "npz", "path": str(tmp_path / "noise.npz")},
+                  seed=0)
+    cfg = {"arch": "tests.evaluators._byo_models:NClasses", "checkpoint": None,
+           "train": {"epochs": 2}}
+    with caplog.at_level(logging.WARNING, logger="evaluators.backbone"):
+        get_backbone(_model(cfg), noise, cache_dir=tmp_path, seed=0, device="cpu")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "within 5 points of" in lines[0] and "model.train" in lines[0]
