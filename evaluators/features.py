@@ -3,13 +3,20 @@
 One backbone pass per split captures every candidate at once (an fx graph whose
 outputs are the candidate nodes, pooled in-graph, plus the final logits; or
 forward hooks for ``kind="module"``). Each (split, candidate) is one cache
-entry keyed by a content hash of weights, data, candidate and pooling:
+entry keyed by a content hash of weights, data, candidate, pooling and precision:
 
-* ``train`` features are fp16 memory maps (head training only needs that much);
-  on a GPU that pass runs in fp16 autocast and channels-last;
-* every other split (``val``, ``test``) is float32 and computed in plain fp32
-  (no autocast, default layout), so the prediction table sees the numbers a
-  live fp32 EENN sees.
+* ``train`` features are stored as fp16 (head training only needs that much)
+  and computed in ``features.train_precision`` (``auto``: bf16 autocast on a
+  CUDA GPU, fp32 on a CPU);
+* every other split (``val``, ``test``) is stored as float32 and computed in
+  ``features.eval_precision`` (default ``fp32``: IEEE float32, TF32 off), so the
+  prediction table sees the numbers a live fp32 EENN sees.
+
+The precision each split was computed in is recorded in its entries' manifests
+and in :attr:`FeatureStore.precision`. On a GPU the pass runs channels-last,
+inputs are normalised on the device, and pooled features are copied to pinned
+host buffers without waiting, then written and checksummed by background
+threads (see :mod:`evaluators._npy_stream`) while the next batch runs.
 
 The budget (``features.budget_gib``) is checked on an estimate before the
 pass, from the candidate shapes of a one-sample probe.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -39,15 +47,24 @@ from evaluators._cache import (
     CacheError,
     commit_entry,
     ensure_writable,
-    open_array,
     read_entry,
     reset_entry,
 )
-from evaluators._extract import HookExtractor, build_extractor, iter_batches, probe
+from evaluators._extract import (
+    PRECISIONS,
+    HookExtractor,
+    build_extractor,
+    iter_batches,
+    precision_mode,
+    probe,
+    resolve_precision,
+)
+from evaluators._npy_stream import NpyStream, StreamSet
 from evaluators._pool import FeatureCacheError, pool_features, pooled_shape
 from evaluators.hashing import hash_json
 
 __all__ = [
+    "PRECISIONS",
     "CacheError",
     "FeatureCacheError",
     "FeatureStore",
@@ -55,11 +72,16 @@ __all__ = [
     "iter_batches",
     "pool_features",
     "pooled_shape",
+    "precision_mode",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keys and manifests name the precision of the pass
 OUTPUT = "__output__"  # pseudo-candidate of the entry holding labels and logits
 _FP16_MAX = 65504.0
+_NUMPY: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float16: np.dtype(np.float16),
+    torch.float32: np.dtype(np.float32),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +96,7 @@ class FeatureStore:
     shapes: Mapping[str, tuple[int, ...]]  # pooled (stored) shape at each candidate
     keys: Mapping[tuple[str, str], str]  # (split, candidate or OUTPUT) -> entry key
     arrays: Mapping[tuple[str, str], NDArray[Any]] = field(repr=False)
+    precision: Mapping[str, str] = field(default_factory=dict)  # split -> fp32, tf32, bf16, fp16
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -139,6 +162,7 @@ def _entry_key(
     point: str,
     kind: str,
     pool: int,
+    precision: str,
 ) -> str:
     return hash_json(
         {
@@ -150,8 +174,84 @@ def _entry_key(
             "point": point,
             "kind": kind,
             "pool": None if point == OUTPUT else pool,
+            "precision": precision,
         }
     )
+
+
+def _stored(feat: Tensor, dtype: torch.dtype) -> Tensor:
+    """A pooled activation in its storage dtype; fp16 saturates instead of overflowing to inf."""
+    if dtype == torch.float16:
+        return feat.float().clamp_(-_FP16_MAX, _FP16_MAX).half()
+    return feat.to(dtype)
+
+
+class _HostRing:
+    """Rotating host buffers for the outputs of the last few batches (pinned on a GPU).
+
+    A batch's outputs are copied to its slot without waiting (on a GPU) and written from
+    there by the :class:`StreamSet`; a slot is reused only once its writes are done, which
+    also bounds how far the forward pass runs ahead of the disk.
+    """
+
+    def __init__(self, depth: int, device: torch.device) -> None:
+        self.device = device
+        self._slots: list[dict[str, Tensor]] = [{} for _ in range(depth)]
+        self._pending: list[list[Future[None]]] = [[] for _ in range(depth)]
+        self._next = 0
+
+    def take(self) -> int:
+        """The next slot, once the writes that still read it are done (their errors raise)."""
+        slot = self._next
+        self._next = (slot + 1) % len(self._slots)
+        for future in self._pending[slot]:
+            future.result()
+        return slot
+
+    def put(self, slot: int, name: str, value: Tensor) -> NDArray[Any]:
+        """``value`` as host rows in ``slot`` (a copy queued on the GPU; as it is on a CPU)."""
+        if self.device.type != "cuda":
+            return value.numpy()  # a fresh tensor of this batch: nothing else writes it
+        buf = self._slots[slot].get(name)
+        if buf is None or buf.shape[0] < value.shape[0]:
+            buf = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            self._slots[slot][name] = buf
+        rows = buf[: value.shape[0]]
+        rows.copy_(value, non_blocking=True)
+        return rows.numpy()
+
+    def hand_over(self, slot: int, futures: list[Future[None]]) -> None:
+        self._pending[slot] = futures
+
+    def ready(self) -> Any:
+        """What a writer waits on before reading this batch's slot (None on a CPU)."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record()
+        return event.synchronize
+
+
+def _streams(
+    todo: Mapping[str, Path],
+    *,
+    n: int,
+    shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    dtype: np.dtype[Any],
+) -> dict[str, NpyStream]:
+    """One stream per file of the missing entries: features per candidate, labels, logits."""
+    streams = {
+        p: NpyStream(d / "features.npy.part", shape=(n, *shapes[p]), dtype=dtype)
+        for p, d in todo.items()
+        if p != OUTPUT
+    }
+    if OUTPUT in todo:
+        streams["labels"] = NpyStream(todo[OUTPUT] / "labels.npy.part", shape=(n,), dtype=np.int64)
+        streams["logits"] = NpyStream(
+            todo[OUTPUT] / "logits.npy.part", shape=(n, num_classes), dtype=np.float32
+        )
+    return streams
 
 
 def _write_split(
@@ -166,49 +266,43 @@ def _write_split(
     meta: Mapping[str, Any],
     batch_size: int,
     device: torch.device,
+    precision: str,
     progress: bool,
 ) -> None:
-    """One pass over ``dataset`` writing the missing entries ``todo`` (candidate -> folder)."""
+    """One pass over ``dataset`` writing the missing entries ``todo`` (candidate -> folder).
+
+    Inputs are normalised on ``device``; the forward pass runs in ``precision`` (channels-last
+    on a GPU); pooled features leave the device in their storage dtype, and background
+    threads write and checksum them while the next batch runs.
+    """
     n = len(dataset)  # type: ignore[arg-type]
-    dtype = np.float16 if split == "train" else np.float32
-    # mixed precision and channels-last only where exactness does not matter (train on a GPU)
-    fast = device.type == "cuda" and split == "train"
-    extractor.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
-    arrays = {
-        p: open_array(d, "features.npy", (n, *shapes[p]), dtype)
-        for p, d in todo.items()
-        if p != OUTPUT
-    }
-    out_dir = todo.get(OUTPUT)
-    if out_dir is not None:
-        labels = open_array(out_dir, "labels.npy", (n,), np.int64)
-        logits = open_array(out_dir, "logits.npy", (n, num_classes), np.float32)
-    # no msync: the page cache survives a killed process, and the manifest's
-    # checksums catch what a power loss would leave behind
-    pos = 0
+    dtype = torch.float16 if split == "train" else torch.float32
+    streams = _streams(todo, n=n, shapes=shapes, num_classes=num_classes, dtype=_NUMPY[dtype])
+    ring = _HostRing(4, device)
+    channels_last = device.type == "cuda"
     bar = tqdm(total=n, desc=f"features {split}", unit="sample", disable=not progress, leave=False)
-    with torch.inference_mode(), bar:
-        for x, y in iter_batches(dataset, batch_size):
-            x = x.float().to(device, non_blocking=True)
-            if fast and x.dim() == 4:
+    with StreamSet(streams) as writer, torch.inference_mode(), bar:
+        for x, y in iter_batches(dataset, batch_size, device=device):
+            x = x.float()
+            if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=fast):
+            with precision_mode(precision, device):
                 outs = extractor(x)
-            end = pos + x.shape[0]
-            for point, feat in zip(points, outs[1:], strict=True):
-                if point in arrays:
-                    if dtype == np.float16:  # our own tensor (see _snapshot): clamp in place
-                        feat = feat.float().clamp_(-_FP16_MAX, _FP16_MAX).half()
-                    arrays[point][pos:end] = (
-                        feat.float().cpu().numpy() if dtype == np.float32 else feat.cpu().numpy()
-                    )
-            if out_dir is not None:
-                labels[pos:end] = y.cpu().numpy()
-                logits[pos:end] = outs[0].float().cpu().numpy()
-            pos = end
+            slot = ring.take()
+            rows = {
+                point: ring.put(slot, point, _stored(feat, dtype))
+                for point, feat in zip(points, outs[1:], strict=True)
+                if point in streams
+            }
+            if OUTPUT in todo:
+                rows["labels"] = y.to(torch.int64).numpy()
+                rows["logits"] = ring.put(slot, "logits", outs[0].float())
+            ring.hand_over(slot, writer.submit(rows, ready=ring.ready()))
             bar.update(x.shape[0])
+        checksums = writer.close()
     for point, folder in todo.items():
         files = ("labels.npy", "logits.npy") if point == OUTPUT else ("features.npy",)
+        names = ("labels", "logits") if point == OUTPUT else (point,)  # their streams
         commit_entry(
             folder,
             files,
@@ -218,8 +312,10 @@ def _write_split(
                 "point": point,
                 "n": n,
                 "shape": list(shapes.get(point, ())),
-                "dtype": np.dtype(dtype).name,
+                "dtype": _NUMPY[dtype].name,
+                "precision": precision,
             },
+            checksums={f: checksums[name] for f, name in zip(files, names, strict=True)},
         )
 
 
@@ -238,6 +334,32 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _probe_shapes(
+    net: nn.Module, points: Sequence[str], kind: str, dataset: Dataset[Any], device: torch.device
+) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """(number of classes, raw activation shape per candidate) from a one-sample pass."""
+    prober = build_extractor(net, points, kind, None)
+    raw = probe(prober, dataset, device)
+    if isinstance(prober, HookExtractor):
+        prober.remove()
+    return raw[0][0], dict(zip(points, raw[1:], strict=True))
+
+
+def _load_arrays(
+    root: Path, keys: Mapping[tuple[str, str], str]
+) -> dict[tuple[str, str], NDArray[Any]]:
+    """Read-only memory maps of every entry: features, labels and logits."""
+    arrays: dict[tuple[str, str], NDArray[Any]] = {}
+    for (split, point), key in keys.items():
+        folder = root / key
+        if point == OUTPUT:
+            arrays[(split, "labels")] = np.load(folder / "labels.npy", mmap_mode="r")
+            arrays[(split, "logits")] = np.load(folder / "logits.npy", mmap_mode="r")
+        else:
+            arrays[(split, point)] = np.load(folder / "features.npy", mmap_mode="r")
+    return arrays
+
+
 def extract_features(
     model: nn.Module,
     datasets: Mapping[str, Dataset[Any]],
@@ -251,32 +373,40 @@ def extract_features(
     batch_size: int = 256,
     budget_gib: float = 4.0,
     device: str = "cpu",
+    train_precision: str = "auto",
+    eval_precision: str = "fp32",
     progress: bool = True,
 ) -> FeatureStore:
     """Pooled features at every candidate for every split, from one backbone pass per split.
 
     ``points`` are fx node names of :func:`evaluators.graph.trace` (``kind="node"``)
-    or module paths (``kind="module"``, forward hooks). Complete cache entries
-    are reused; a split whose entries are all complete is not run at all.
-    ``model`` is not modified (a copy is moved to ``device``). Raises
-    :class:`FeatureCacheError` (one line) for a bad candidate, pool, device,
-    an exceeded budget or an unwritable ``cache_dir``.
+    or module paths (``kind="module"``, forward hooks). The ``train`` split is
+    computed in ``train_precision``, every other split in ``eval_precision``
+    (see :data:`PRECISIONS`). Complete cache entries are reused; a split whose
+    entries are all complete is not run at all. ``model`` is not modified (a
+    copy is moved to ``device``). Raises :class:`FeatureCacheError` (one line)
+    for a bad candidate, pool, device, precision, an exceeded budget or an
+    unwritable ``cache_dir``.
     """
     if pool < 1:
         raise FeatureCacheError(f"features.pool={pool} must be >= 1")
     if not points:
         raise FeatureCacheError("no exit candidates given; check model.candidates")
+    dev = _resolve_device(device)
+    precision = {
+        split: resolve_precision(
+            train_precision if split == "train" else eval_precision,
+            dev,
+            key=f"features.{'train' if split == 'train' else 'eval'}_precision",
+        )
+        for split in datasets
+    }
     root = Path(cache_dir) / "features"
     ensure_writable(root)
-    dev = _resolve_device(device)
     net = copy.deepcopy(model).float().to(dev).eval()
-    first = next(iter(datasets.values()))
-    prober = build_extractor(net, points, kind, None)
-    raw = probe(prober, first, dev)
-    if isinstance(prober, HookExtractor):
-        prober.remove()
-    num_classes = raw[0][0]
-    raw_shapes = dict(zip(points, raw[1:], strict=True))
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    num_classes, raw_shapes = _probe_shapes(net, points, kind, next(iter(datasets.values())), dev)
     shapes = {p: pooled_shape(s, pool) for p, s in raw_shapes.items()}
     sizes = {split: len(ds) for split, ds in datasets.items()}  # type: ignore[arg-type]
     _check_budget(sizes, shapes, num_classes, pool=pool, budget_gib=budget_gib)
@@ -296,6 +426,7 @@ def extract_features(
             point=p,
             kind=kind,
             pool=pool,
+            precision=precision[split],
         )
         for split in datasets
         for p in (*points, OUTPUT)
@@ -321,16 +452,9 @@ def extract_features(
                 meta=meta,
                 batch_size=batch_size,
                 device=dev,
+                precision=precision[split],
                 progress=progress,
             )
-    arrays: dict[tuple[str, str], NDArray[Any]] = {}
-    for (split, point), key in keys.items():
-        folder = root / key
-        if point == OUTPUT:
-            arrays[(split, "labels")] = np.load(folder / "labels.npy", mmap_mode="r")
-            arrays[(split, "logits")] = np.load(folder / "logits.npy", mmap_mode="r")
-        else:
-            arrays[(split, point)] = np.load(folder / "features.npy", mmap_mode="r")
     return FeatureStore(
         root=root,
         points=tuple(points),
@@ -339,5 +463,6 @@ def extract_features(
         raw_shapes=raw_shapes,
         shapes=shapes,
         keys=keys,
-        arrays=arrays,
+        arrays=_load_arrays(root, keys),
+        precision=precision,
     )

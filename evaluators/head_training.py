@@ -1,18 +1,24 @@
 """Batched training of every head at every candidate on the cached train features.
 
-One optimiser holds all head parameters and the loss is the sum of every
-head's loss, so one pass over a minibatch trains the whole family at once.
-A held-out part of ``train`` (never ``val``) early-stops each head on its own:
-a head keeps its best state, and once its patience is spent it drops out of
-the loss (its parameters get no gradient, so the optimiser leaves them).
-Trained heads are saved atomically in the cache, keyed by the train features,
-the family and the seed, and reused on a re-run.
+Heads of one kind at candidates whose features have one shape form a group: their
+parameters are stacked (``torch.func.stack_module_state``) and the group runs as one
+vmapped call, a few batched matrix products per step instead of a few small ones per
+head. The loss is the sum of every head's mean loss, so one backward trains the whole
+family, and a head's gradient depends on its own loss alone: grouping changes float
+rounding, nothing else. A held-out part of ``train`` (never ``val``) early-stops each
+head on its own: a head keeps its best state (lowest held-out loss) among the epochs
+before its patience ran out; a group leaves the loss once all its heads have stopped.
+The train features are copied to the training device once when they fit (see
+:class:`_Inputs`), else gathered from the memory-mapped cache per step. Trained heads
+are saved atomically in the cache, keyed by the train features, the family and the
+seed, and reused on a re-run.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +37,11 @@ from evaluators.heads import ExitHead, HeadFamily, HeadSpec, HeadTraining, build
 
 __all__ = ["TrainedHeads", "heads_key", "load_heads", "train_heads"]
 
-_VERSION = 1
+_VERSION = 2  # 2: heads of one kind and feature shape are trained stacked
 _FILE = "heads.pt"
 _EVAL_CHUNK = 4096
+_CPU_RESIDENT_BYTES = 2 * 2**30  # train features held in memory (not gathered per step) below this
+_GPU_RESIDENT_SHARE = 0.5  # ... or below this share of the GPU's free memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,61 +84,145 @@ def _build_all(store: FeatureStore, family: HeadFamily) -> dict[tuple[int, int],
     }
 
 
-def _channel_stats(features: NDArray[Any], rows: NDArray[np.int64]) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std (over samples and positions) of ``features[rows]``, float64 sums."""
-    sums: list[Tensor] = []
-    squares: list[Tensor] = []
-    count = 0
-    for start in range(0, len(rows), _EVAL_CHUNK):
-        x = torch.from_numpy(features[rows[start : start + _EVAL_CHUNK]]).double()
-        x = x.reshape(x.shape[0], x.shape[1], -1)  # (n, C, positions); (n, D) -> (n, D, 1)
-        sums.append(x.sum(dim=(0, 2)))
-        squares.append((x * x).sum(dim=(0, 2)))
-        count += x.shape[0] * x.shape[2]
-    mean = torch.stack(sums).sum(0) / count
-    std = (torch.stack(squares).sum(0) / count - mean * mean).clamp_min(0).sqrt()
-    return mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+def _shape_groups(store: FeatureStore, *, stack: bool) -> list[tuple[int, ...]]:
+    """Candidate indices grouped by the shape of their stored features (``stack``), else alone.
+
+    Stacking pays where launches cost more than arithmetic (a GPU); on a CPU a vmapped
+    batched product is slower than the same products one by one.
+    """
+    if not stack:
+        return [(c,) for c in range(len(store.points))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for c, point in enumerate(store.points):
+        groups.setdefault(tuple(store.shapes[point]), []).append(c)
+    return [tuple(cands) for cands in groups.values()]
+
+
+def _resident(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of train features are copied to ``device`` once (not per step)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes <= _GPU_RESIDENT_SHARE * free
+    return nbytes <= _CPU_RESIDENT_BYTES
+
+
+def _to_device(arrays: Sequence[NDArray[Any]], device: torch.device) -> Tensor:
+    """``(G, N, ...)`` stack of same-shaped arrays on ``device``, copied in chunks of rows."""
+    out = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.float16, device=device)
+    rows = max(1, (64 * 2**20) // max(1, arrays[0][:1].nbytes))
+    for g, arr in enumerate(arrays):
+        for start in range(0, len(arr), rows):
+            chunk = torch.from_numpy(np.array(arr[start : start + rows], dtype=np.float16))
+            out[g, start : start + len(chunk)].copy_(chunk, non_blocking=False)
+    return out
 
 
 class _Inputs:
-    """Normalised float32 train features of chosen samples at every candidate."""
+    """Normalised float32 train features of chosen samples, ``(G, n, ...)`` per shape group.
 
-    def __init__(self, store: FeatureStore, fit: NDArray[np.int64], device: torch.device) -> None:
-        self.arrays = [store.features("train", p) for p in store.points]
+    Per-channel mean and std come from the fitted part of train (float64 sums). With the
+    features resident on the device a step gathers rows there; otherwise it gathers them
+    from the memory maps and copies the batch over.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        groups: Sequence[tuple[int, ...]],
+        fit: NDArray[np.int64],
+        device: torch.device,
+    ) -> None:
         self.device = device
-        stats = [_channel_stats(a, fit) for a in self.arrays]
-        self.mean = [m.to(device) for m, _ in stats]
-        self.std = [s.to(device) for _, s in stats]
+        self.arrays = [[store.features("train", store.points[c]) for c in g] for g in groups]
+        nbytes = sum(a.nbytes for g in self.arrays for a in g)
+        self.data: list[Tensor] | None = None
+        if _resident(nbytes, device):
+            self.data = [_to_device(g, device) for g in self.arrays]
+        self.mean: list[Tensor] = []
+        self.std: list[Tensor] = []
+        fit_t = torch.from_numpy(fit).to(device)
+        for i in range(len(groups)):
+            mean, std = self._channel_stats(i, fit, fit_t)
+            view = (mean.shape[0], 1, mean.shape[1]) + (1,) * (len(self.arrays[i][0].shape) - 2)
+            self.mean.append(mean.view(view))
+            self.std.append(std.view(view))
+
+    def _rows(self, group: int, idx: NDArray[np.int64], idx_t: Tensor) -> Tensor:
+        """Raw fp16 rows ``idx`` of each candidate of ``group``: ``(G, n, ...)`` on the device."""
+        if self.data is not None:
+            return self.data[group].index_select(1, idx_t)
+        stacked = np.stack([np.asarray(a[idx]) for a in self.arrays[group]])
+        return torch.from_numpy(stacked).to(self.device)
+
+    def _channel_stats(
+        self, group: int, fit: NDArray[np.int64], fit_t: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per-candidate, per-channel mean and std ``(G, C)`` over samples and positions."""
+        sums: Tensor | float = 0.0
+        squares: Tensor | float = 0.0
+        count = 0
+        for start in range(0, len(fit), _EVAL_CHUNK):
+            end = start + _EVAL_CHUNK
+            x = self._rows(group, fit[start:end], fit_t[start:end])
+            x = x.double().reshape(x.shape[0], x.shape[1], x.shape[2], -1)  # (G, n, C, positions)
+            sums = sums + x.sum(dim=(1, 3))
+            squares = squares + (x * x).sum(dim=(1, 3))
+            count += x.shape[1] * x.shape[3]
+        mean = torch.as_tensor(sums) / count
+        std = (torch.as_tensor(squares) / count - mean * mean).clamp_min(0).sqrt()
+        return mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
 
     def __call__(self, idx: NDArray[np.int64]) -> list[Tensor]:
-        out = []
-        for arr, mean, std in zip(self.arrays, self.mean, self.std, strict=True):
-            x = torch.from_numpy(arr[idx]).to(self.device).float()
-            view = (1, -1) + (1,) * (x.dim() - 2)
-            out.append(x.sub_(mean.view(view)).div_(std.view(view)))
-        return out
+        idx_t = torch.from_numpy(idx).to(self.device)
+        return [
+            self._rows(g, idx, idx_t).float().sub_(self.mean[g]).div_(self.std[g])
+            for g in range(len(self.arrays))
+        ]
 
 
-def _holdout_scores(
-    heads: Mapping[tuple[int, int], ExitHead],
-    xs: list[Tensor],
-    y: Tensor,
-    keys: list[tuple[int, int]],
-) -> dict[tuple[int, int], tuple[float, float]]:
-    """(loss, accuracy) on the held-out samples for each head in ``keys``."""
-    scores = {}
+class _Stack:
+    """The heads of one group as one forward ``(G, n, ...) -> (G, n, K)`` and its parameters.
+
+    Several heads are stacked (``stack_module_state``) and vmapped; a lone head is
+    called as it is, on its own parameters.
+    """
+
+    def __init__(self, modules: Sequence[ExitHead], *, inputs: int) -> None:
+        self.inputs = inputs  # which shape group feeds it
+        self._module: ExitHead | None = modules[0] if len(modules) == 1 else None
+        if self._module is not None:
+            self.params = dict(self._module.named_parameters())
+            self.buffers = dict(self._module.named_buffers())
+            return
+        self.params, self.buffers = torch.func.stack_module_state(list(modules))
+        base = copy.deepcopy(modules[0]).to("meta")
+
+        def call(params: Any, buffers: Any, x: Tensor) -> Tensor:
+            out: Tensor = torch.func.functional_call(base, (params, buffers), (x,))
+            return out
+
+        self._forward: Callable[..., Tensor] = torch.vmap(call)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._module is not None:
+            out: Tensor = self._module(x[0])
+            return out.unsqueeze(0)
+        return self._forward(self.params, self.buffers, x)
+
+    def state(self, i: int) -> dict[str, Tensor]:
+        """The ``i``-th head's state dict (a copy)."""
+        if self._module is not None:
+            return {k: v.detach().clone() for k, v in self._module.state_dict().items()}
+        return {k: v[i].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+
+def _holdout_scores(stack: _Stack, x: Tensor, y: Tensor) -> list[tuple[float, float]]:
+    """(loss, accuracy) on the held-out samples of each head of ``stack``, in float32."""
     with torch.no_grad():
-        for key in keys:
-            head = heads[key].eval()
-            out = torch.cat(
-                [head(xs[key[0]][i : i + _EVAL_CHUNK]) for i in range(0, len(y), _EVAL_CHUNK)]
-            )
-            scores[key] = (
-                F.cross_entropy(out, y).item(),
-                (out.argmax(1) == y).float().mean().item(),
-            )
-            head.train()
-    return scores
+        out = torch.cat(
+            [stack(x[:, i : i + _EVAL_CHUNK]) for i in range(0, len(y), _EVAL_CHUNK)], dim=1
+        ).float()
+    return [(F.cross_entropy(o, y).item(), (o.argmax(1) == y).float().mean().item()) for o in out]
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -141,8 +233,28 @@ def _bf16_supported(device: torch.device) -> bool:
     return bool(mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _state(head: ExitHead) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in head.state_dict().items()}
+def _stacks(
+    heads: Mapping[tuple[int, int], ExitHead], shape_groups: Sequence[tuple[int, ...]]
+) -> list[tuple[list[tuple[int, int]], _Stack]]:
+    """(head keys, stack) for each head kind at each shape group."""
+    n_heads = 1 + max(h for _, h in heads)
+    out = []
+    for h in range(n_heads):
+        for g, cands in enumerate(shape_groups):
+            keys = [(c, h) for c in cands]
+            out.append((keys, _Stack([heads[k] for k in keys], inputs=g)))
+    return out
+
+
+def _scheduler(
+    opt: torch.optim.Optimizer, cfg: HeadTraining, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle learning rate; a constant one when there are too few steps for two phases."""
+    if steps >= 8:  # OneCycleLR divides by its phase lengths
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
+        )
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
 def _fit(
@@ -166,59 +278,58 @@ def _fit(
     order = rng.permutation(len(labels))
     n_hold = max(1, round(cfg.holdout_fraction * len(labels)))
     hold, fit = np.sort(order[:n_hold]), np.sort(order[n_hold:])
-    inputs = _Inputs(store, fit, device)
+    shape_groups = _shape_groups(store, stack=device.type == "cuda")
+    inputs = _Inputs(store, shape_groups, fit, device)
+    stacks = _stacks(heads, shape_groups)
     hold_x, hold_y = inputs(hold), torch.from_numpy(labels[hold]).to(device)
     opt = torch.optim.AdamW(
-        [p for h in heads.values() for p in h.parameters()],
+        [p for _, stack in stacks for p in stack.params.values()],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         fused=True,  # one kernel for all heads' parameters (CPU and CUDA)
     )
+    sched = _scheduler(opt, cfg, cfg.epochs * -(-len(fit) // cfg.batch_size))
     amp = cfg.amp and _bf16_supported(device)
-    steps = cfg.epochs * -(-len(fit) // cfg.batch_size)
-    # OneCycleLR divides by its phase lengths: too few steps for two phases -> constant rate
-    sched: torch.optim.lr_scheduler.LRScheduler = (
-        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25)
-        if steps >= 8
-        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-    )
-    active = sorted(heads)
+    active = set(heads)
     best: dict[tuple[int, int], dict[str, Tensor]] = {}
     record: dict[tuple[int, int], tuple[int, float]] = {}
-    best_loss, waited = dict.fromkeys(active, float("inf")), dict.fromkeys(active, 0)
+    best_loss, waited = dict.fromkeys(heads, float("inf")), dict.fromkeys(heads, 0)
     for epoch in tqdm(
         range(cfg.epochs), desc="heads", unit="epoch", disable=not progress, leave=False
     ):
+        live = [(keys, stack) for keys, stack in stacks if active.intersection(keys)]
         shuffled = rng.permutation(fit)
         for start in range(0, len(shuffled), cfg.batch_size):
             idx = np.sort(shuffled[start : start + cfg.batch_size])
             xs, y = inputs(idx), torch.from_numpy(labels[idx]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = torch.cat([heads[key](xs[key[0]]) for key in active])
+                out = torch.cat([stack(xs[stack.inputs]) for _, stack in live])  # (heads, n, K)
             # the sum of every head's mean loss: one backward trains them all
-            loss = F.cross_entropy(out.float(), y.repeat(len(active))) * len(active)
+            loss = F.cross_entropy(out.float().flatten(0, 1), y.repeat(out.shape[0])) * len(out)
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             opt.step()
             sched.step()
-        for key, (loss_h, acc_h) in _holdout_scores(heads, hold_x, hold_y, active).items():
-            if loss_h < best_loss[key]:
-                best_loss[key], waited[key], best[key], record[key] = (
-                    loss_h,
-                    0,
-                    _state(heads[key]),
-                    (epoch, acc_h),
-                )
-            else:
-                waited[key] += 1
-        active = [key for key in active if waited[key] < cfg.patience]
+        for keys, stack in live:
+            scores = _holdout_scores(stack, hold_x[stack.inputs], hold_y)
+            for i, (key, (loss_h, acc_h)) in enumerate(zip(keys, scores, strict=True)):
+                if key not in active:
+                    continue
+                if loss_h < best_loss[key]:
+                    best_loss[key], waited[key], best[key] = loss_h, 0, stack.state(i)
+                    record[key] = (epoch, acc_h)
+                else:
+                    waited[key] += 1
+        active = {key for key in active if waited[key] < cfg.patience}
         if not active:
             break
-    for key, head in heads.items():
-        if key in best:  # else never finite: keep the last state
-            head.load_state_dict(best[key])
-        head.absorb_normalization(inputs.mean[key[0]], inputs.std[key[0]])
-        record.setdefault(key, (cfg.epochs - 1, float("nan")))
+    for keys, stack in stacks:
+        for i, key in enumerate(keys):
+            # a head whose held-out loss was never finite keeps its last state
+            heads[key].load_state_dict(best[key] if key in best else stack.state(i))
+            mean, std = inputs.mean[stack.inputs][i], inputs.std[stack.inputs][i]
+            heads[key].absorb_normalization(mean.reshape(-1), std.reshape(-1))
+            record.setdefault(key, (cfg.epochs - 1, float("nan")))
     return record
 
 

@@ -107,11 +107,13 @@ def prepare(cfg: Mapping[str, Any] | DictConfig, *, progress: bool = True) -> Pr
         batch_size=int(features.get("batch_size", 256)),
         budget_gib=float(features.get("budget_gib", 4.0)),
         device=dev.type,
+        train_precision=str(features.get("train_precision", "auto")),
+        eval_precision=str(features.get("eval_precision", "fp32")),
         progress=progress,
     )
     family = head_family_from_config(cfg["heads"])
     heads = train_heads(store, family, seed=seed, device=dev.type, progress=progress)
-    predictions = build_prediction_table(store, heads)
+    predictions = build_prediction_table(store, heads, device=dev.type)
     macs, params = head_costs(
         family,
         [store.raw_shapes[p] for p in store.points],
