@@ -1,24 +1,23 @@
 """Batched training of every head at every candidate on the cached train features.
 
-Heads of one kind at candidates whose features have one shape form a group: their
-parameters are stacked (``torch.func.stack_module_state``) and the group runs as one
-vmapped call, a few batched matrix products per step instead of a few small ones per
-head. The loss is the sum of every head's mean loss, so one backward trains the whole
-family, and a head's gradient depends on its own loss alone: grouping changes float
-rounding, nothing else. A held-out part of ``train`` (never ``val``) early-stops each
-head on its own: a head keeps its best state (lowest held-out loss) among the epochs
-before its patience ran out; a group leaves the loss once all its heads have stopped.
-The train features are copied to the training device once when they fit (see
-:class:`_Inputs`), else gathered from the memory-mapped cache per step. Trained heads
-are saved atomically in the cache, keyed by the train features, the family and the
-seed, and reused on a re-run.
+On a GPU, heads of one kind at candidates whose features have one shape form a group:
+their parameters are stacked (``torch.func.stack_module_state``) and the group runs as
+a few batched matrix products per step instead of a few small ones per head (on a CPU
+each head runs alone). The loss is the sum of every head's mean loss, so one backward
+trains the whole family, and a head's gradient depends on its own loss alone: grouping
+changes float rounding, nothing else. A held-out part of ``train`` (never ``val``)
+early-stops each head on its own: a head keeps its best state (lowest held-out loss)
+among the epochs before its patience ran out; a group leaves the loss once all its
+heads have stopped. The train features are copied to the training device once when
+they fit (see :class:`_Inputs`), else gathered from the memory-mapped cache per step.
+Trained heads are saved atomically in the cache, keyed by the train features, the
+family and the seed, and reused on a re-run.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ _FILE = "heads.pt"
 _EVAL_CHUNK = 4096
 _CPU_RESIDENT_BYTES = 2 * 2**30  # train features held in memory (not gathered per step) below this
 _GPU_RESIDENT_SHARE = 0.5  # ... or below this share of the GPU's free memory
+_STACKED_KINDS = frozenset({"linear", "mlp", "conv"})  # kinds _stacked_forward knows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,13 +84,15 @@ def _build_all(store: FeatureStore, family: HeadFamily) -> dict[tuple[int, int],
     }
 
 
-def _shape_groups(store: FeatureStore, *, stack: bool) -> list[tuple[int, ...]]:
+def _shape_groups(
+    store: FeatureStore, kinds: Iterable[str], *, stack: bool
+) -> list[tuple[int, ...]]:
     """Candidate indices grouped by the shape of their stored features (``stack``), else alone.
 
-    Stacking pays where launches cost more than arithmetic (a GPU); on a CPU a vmapped
-    batched product is slower than the same products one by one.
+    Stacking pays where launches cost more than arithmetic (a GPU); on a CPU the heads
+    run one by one, as fast and bit for bit the modules' own forward.
     """
-    if not stack:
+    if not stack or not _STACKED_KINDS.issuperset(kinds):
         return [(c,) for c in range(len(store.points))]
     groups: dict[tuple[int, ...], list[int]] = {}
     for c, point in enumerate(store.points):
@@ -180,11 +182,35 @@ class _Inputs:
         ]
 
 
+def _stacked_forward(spec: HeadSpec, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """``(G, n, K)`` outputs of G heads of kind ``spec`` on ``(G, n, C, positions)`` features.
+
+    The forward of :mod:`evaluators.heads` (pooled features in, each ``nn.Linear`` as
+    ``x @ W.T + b``), batched over the G heads with one ``baddbmm`` per layer: a handful of
+    kernel launches for the whole group, where ``torch.vmap`` costs several times that in
+    Python per call. tests/evaluators/test_head_stacking.py checks it against the modules.
+    """
+    g, n, channels, positions = x.shape
+
+    def linear(name: str, inp: Tensor) -> Tensor:
+        weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+        return torch.baddbmm(bias.unsqueeze(1), inp, weight.transpose(1, 2))
+
+    if spec.kind == "linear":
+        return linear("fc", x.flatten(2) if spec.flatten else x.mean(dim=3))
+    if spec.kind == "mlp":
+        return linear("fc2", F.relu(linear("fc1", x.flatten(2))))
+    # conv: the same linear map (a 1x1 convolution) at every position, then their mean
+    per_position = x.transpose(2, 3).reshape(g, n * positions, channels)
+    hidden = F.relu(linear("conv", per_position)).reshape(g, n, positions, -1)
+    return linear("fc", hidden.mean(dim=2))
+
+
 class _Stack:
     """The heads of one group as one forward ``(G, n, ...) -> (G, n, K)`` and its parameters.
 
-    Several heads are stacked (``stack_module_state``) and vmapped; a lone head is
-    called as it is, on its own parameters.
+    Several heads are stacked (``stack_module_state``) and run by :func:`_stacked_forward`;
+    a lone head is called as it is, on its own parameters.
     """
 
     def __init__(self, modules: Sequence[ExitHead], *, inputs: int) -> None:
@@ -195,19 +221,14 @@ class _Stack:
             self.buffers = dict(self._module.named_buffers())
             return
         self.params, self.buffers = torch.func.stack_module_state(list(modules))
-        base = copy.deepcopy(modules[0]).to("meta")
-
-        def call(params: Any, buffers: Any, x: Tensor) -> Tensor:
-            out: Tensor = torch.func.functional_call(base, (params, buffers), (x,))
-            return out
-
-        self._forward: Callable[..., Tensor] = torch.vmap(call)
+        head = modules[0]
+        self._spec, self._geometry = head.spec, (head.channels, head.positions)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._module is not None:
             out: Tensor = self._module(x[0])
             return out.unsqueeze(0)
-        return self._forward(self.params, self.buffers, x)
+        return _stacked_forward(self._spec, self.params, x.reshape(*x.shape[:2], *self._geometry))
 
     def state(self, i: int) -> dict[str, Tensor]:
         """The ``i``-th head's state dict (a copy)."""
@@ -278,7 +299,8 @@ def _fit(
     order = rng.permutation(len(labels))
     n_hold = max(1, round(cfg.holdout_fraction * len(labels)))
     hold, fit = np.sort(order[:n_hold]), np.sort(order[n_hold:])
-    shape_groups = _shape_groups(store, stack=device.type == "cuda")
+    kinds = {head.spec.kind for head in heads.values()}
+    shape_groups = _shape_groups(store, kinds, stack=device.type == "cuda")
     inputs = _Inputs(store, shape_groups, fit, device)
     stacks = _stacks(heads, shape_groups)
     hold_x, hold_y = inputs(hold), torch.from_numpy(labels[hold]).to(device)

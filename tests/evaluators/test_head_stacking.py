@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import evaluators.head_training as head_training
-from evaluators.features import FeatureStore, extract_features
-from evaluators.heads import ExitHead, HeadFamily, HeadSpec, HeadTraining
+from evaluators.features import FeatureStore, extract_features, pooled_shape
+from evaluators.heads import ExitHead, HeadFamily, HeadSpec, HeadTraining, build_head
 from evaluators.tables import build_prediction_table
 
 FAMILY = HeadFamily(
@@ -74,7 +74,7 @@ def _train(
         heads = {k: h.train() for k, h in head_training._build_all(store, FAMILY).items()}
     real = head_training._shape_groups
     with pytest.MonkeyPatch.context() as patch:  # stack (or not) whatever the device
-        patch.setattr(head_training, "_shape_groups", lambda s, **_: real(s, stack=stack))
+        patch.setattr(head_training, "_shape_groups", lambda s, k, **_: real(s, k, stack=stack))
         record = head_training._fit(
             store, heads, FAMILY.training, seed=2, device=torch.device("cpu"), progress=False
         )
@@ -82,8 +82,42 @@ def _train(
 
 
 def test_stacking_groups_candidates_of_one_shape(store: FeatureStore) -> None:
-    assert head_training._shape_groups(store, stack=True) == [(0, 1, 2), (3,)]
-    assert head_training._shape_groups(store, stack=False) == [(0,), (1,), (2,), (3,)]
+    kinds = ("linear", "mlp", "conv")
+    assert head_training._shape_groups(store, kinds, stack=True) == [(0, 1, 2), (3,)]
+    assert head_training._shape_groups(store, kinds, stack=False) == [(0,), (1,), (2,), (3,)]
+    assert head_training._shape_groups(store, ("tree",), stack=True) == [(0,), (1,), (2,), (3,)]
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 3), (6, 7), (6,)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        HeadSpec(name="linear", kind="linear"),
+        HeadSpec(name="flat", kind="linear", flatten=True),
+        HeadSpec(name="mlp", kind="mlp", width=5),
+        HeadSpec(name="conv", kind="conv", width=4),
+    ],
+    ids=lambda s: s.name,
+)
+def test_stacked_forward_is_each_modules_forward(spec: HeadSpec, shape: tuple[int, ...]) -> None:
+    """Outputs and gradients of the batched formula equal those of the head modules."""
+    torch.manual_seed(0)
+    heads = [build_head(spec, feature_shape=shape, pool=2, num_classes=3) for _ in range(3)]
+    stack = head_training._Stack(heads, inputs=0)
+    pooled = (3, 5, *pooled_shape(shape, 2))
+    x = torch.randn(*pooled)
+    out = stack(x)
+    want = torch.stack([h(x[i]) for i, h in enumerate(heads)])
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(out)
+    torch.autograd.backward((out * weights).sum())
+    torch.autograd.backward((want * weights).sum())
+    for name, stacked in stack.params.items():
+        assert stacked.grad is not None
+        for i, h in enumerate(heads):
+            grad = dict(h.named_parameters())[name].grad
+            torch.testing.assert_close(stacked.grad[i], grad, rtol=1e-5, atol=1e-6)
+            assert torch.equal(stack.state(i)[name], stacked[i].detach())
 
 
 def test_stacked_training_equals_one_by_one_up_to_rounding(store: FeatureStore) -> None:
@@ -122,7 +156,7 @@ def test_inputs_are_resident_only_when_they_fit(
     store: FeatureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fit = np.arange(100, dtype=np.int64)
-    groups = head_training._shape_groups(store, stack=True)
+    groups = head_training._shape_groups(store, ("linear",), stack=True)
     assert head_training._Inputs(store, groups, fit, torch.device("cpu")).data is not None
     monkeypatch.setattr(head_training, "_CPU_RESIDENT_BYTES", 0)
     assert head_training._Inputs(store, groups, fit, torch.device("cpu")).data is None
