@@ -57,11 +57,15 @@ def resolve_precision(name: str, device: torch.device, *, key: str) -> str:
 
 
 @contextmanager
-def precision_mode(precision: str, device: torch.device) -> Iterator[None]:
+def precision_mode(
+    precision: str, device: torch.device, *, autotune: bool = False
+) -> Iterator[None]:
     """Run the enclosed forward passes in ``precision`` (a resolved name) on ``device``.
 
-    On a CUDA GPU the TF32 switches of cuDNN and cuBLAS are set (off for fp32, on otherwise)
-    and cuDNN autotunes its algorithms; both are restored on exit. bf16 and fp16 autocast.
+    On a CUDA GPU the TF32 switches of cuDNN and cuBLAS are set (off for fp32, on
+    otherwise), and with ``autotune`` cuDNN times its algorithms for every new input shape
+    (worth it only when many batches share a shape); all are restored on exit. bf16 and
+    fp16 autocast.
     """
     with ExitStack() as stack:
         if device.type == "cuda":
@@ -69,7 +73,7 @@ def precision_mode(precision: str, device: torch.device) -> Iterator[None]:
             stack.enter_context(
                 torch.backends.cudnn.flags(
                     enabled=True,
-                    benchmark=True,
+                    benchmark=autotune,
                     deterministic=torch.backends.cudnn.deterministic,
                     allow_tf32=tf32,
                 )

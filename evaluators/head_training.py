@@ -109,13 +109,31 @@ def _resident(nbytes: int, device: torch.device) -> bool:
 
 
 def _to_device(arrays: Sequence[NDArray[Any]], device: torch.device) -> Tensor:
-    """``(G, N, ...)`` stack of same-shaped arrays on ``device``, copied in chunks of rows."""
+    """``(G, N, ...)`` fp16 stack of same-shaped arrays on ``device``, copied in chunks of rows.
+
+    On a GPU each chunk goes through one of two pinned buffers: one host copy out of the
+    memory map, then a copy to the device that overlaps the next chunk's host copy.
+    """
     out = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.float16, device=device)
     rows = max(1, (64 * 2**20) // max(1, arrays[0][:1].nbytes))
-    for g, arr in enumerate(arrays):
-        for start in range(0, len(arr), rows):
-            chunk = torch.from_numpy(np.array(arr[start : start + rows], dtype=np.float16))
-            out[g, start : start + len(chunk)].copy_(chunk, non_blocking=False)
+    pinned = device.type == "cuda"
+    buffers = [
+        torch.empty((rows, *arrays[0].shape[1:]), dtype=torch.float16, pin_memory=pinned)
+        for _ in range(2 if pinned else 1)
+    ]
+    done: list[Any] = [None] * len(buffers)
+    chunks = [(g, start) for g, arr in enumerate(arrays) for start in range(0, len(arr), rows)]
+    for k, (g, start) in enumerate(chunks):
+        slot = k % len(buffers)
+        if done[slot] is not None:
+            done[slot].synchronize()  # its last copy to the device has finished
+        rows_here = min(rows, len(arrays[g]) - start)
+        host = buffers[slot][:rows_here]
+        np.copyto(host.numpy(), arrays[g][start : start + rows_here], casting="same_kind")
+        out[g, start : start + rows_here].copy_(host, non_blocking=pinned)
+        if pinned:
+            done[slot] = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done[slot].record()
     return out
 
 
@@ -174,8 +192,10 @@ class _Inputs:
         std = (torch.as_tensor(squares) / count - mean * mean).clamp_min(0).sqrt()
         return mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
 
-    def __call__(self, idx: NDArray[np.int64]) -> list[Tensor]:
-        idx_t = torch.from_numpy(idx).to(self.device)
+    def __call__(self, idx: NDArray[np.int64], idx_t: Tensor | None = None) -> list[Tensor]:
+        """Rows ``idx`` of every shape group; ``idx_t`` is ``idx`` already on the device."""
+        if idx_t is None:
+            idx_t = torch.from_numpy(idx).to(self.device)
         return [
             self._rows(g, idx, idx_t).float().sub_(self.mean[g]).div_(self.std[g])
             for g in range(len(self.arrays))
@@ -304,6 +324,7 @@ def _fit(
     inputs = _Inputs(store, shape_groups, fit, device)
     stacks = _stacks(heads, shape_groups)
     hold_x, hold_y = inputs(hold), torch.from_numpy(labels[hold]).to(device)
+    labels_t = torch.from_numpy(labels.copy()).to(device)
     opt = torch.optim.AdamW(
         [p for _, stack in stacks for p in stack.params.values()],
         lr=cfg.lr,
@@ -323,7 +344,9 @@ def _fit(
         shuffled = rng.permutation(fit)
         for start in range(0, len(shuffled), cfg.batch_size):
             idx = np.sort(shuffled[start : start + cfg.batch_size])
-            xs, y = inputs(idx), torch.from_numpy(labels[idx]).to(device)
+            # no host-device synchronisation in a step: indices go over without waiting
+            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
+            xs, y = inputs(idx, idx_t), labels_t.index_select(0, idx_t)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = torch.cat([stack(xs[stack.inputs]) for _, stack in live])  # (heads, n, K)
             # the sum of every head's mean loss: one backward trains them all
