@@ -92,19 +92,29 @@ def device_inputs(samples: int, seed: int, device: torch.device) -> Tensor:
 
 
 def timed_pass(
-    net: Callable[[Tensor], Any], x: Tensor, *, batch: int, precision: str, device: torch.device
-) -> float:
-    """Seconds for one pass over ``x`` (on the device) after a warm-up of every batch shape."""
+    net: Callable[[Tensor], Any],
+    x: Tensor,
+    *,
+    batch: int,
+    precision: str,
+    device: torch.device,
+    autotune: bool = False,
+) -> tuple[float, float]:
+    """(seconds for one pass over ``x`` on the device, seconds of the warm-up before it).
+
+    The warm-up runs every batch shape once (cuDNN plans, autotuning, allocator).
+    """
     warm = [0] + ([len(x) - len(x) % batch] if len(x) % batch else [])
-    with torch.inference_mode(), precision_mode(precision, device):
-        for start in warm:
-            net(x[start : start + batch])  # cuDNN autotuning, allocator
-        sync(device)
+    with torch.inference_mode(), precision_mode(precision, device, autotune=autotune):
         t0 = time.perf_counter()
+        for start in warm:
+            net(x[start : start + batch])
+        sync(device)
+        t1 = time.perf_counter()
         for start in range(0, len(x), batch):
             net(x[start : start + batch])
         sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t1, t1 - t0
 
 
 def _row(what: str, precision: str, seconds: float | None, note: str = "") -> str:
@@ -122,18 +132,18 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     e2e = data.get("end_to_end", {})
     for k, run in enumerate(e2e.get("runs", [])):
         prec = run.get("feature_precision") or {}
+        note = f"target <= 20; previous {prev['end_to_end_s']} on {prev['device']}"
         lines.append(
             _row(
-                f"end to end in process, run {k + 1}",
+                f"{run['what']}: {run['name']}",
                 f"train {prec.get('train')} / eval {prec.get('val')}",
                 run["total_s"],
-                f"target <= 20; previous {prev['end_to_end_s']} on {prev['device']}"
-                if k == 0
-                else "warm process, empty cache",
+                note if k == 0 else f"heads batch {run['heads_batch_size']}",
             )
         )
-        for phase, seconds in run["phases_s"].items():
-            lines.append(_row(f"  {phase}", "", seconds))
+        lines.append(
+            "    " + ", ".join(f"{phase} {sec:.2f}" for phase, sec in run["phases_s"].items())
+        )
     cli = data.get("cli")
     if cli:
         lines.append(
@@ -147,10 +157,13 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     inf = data.get("inference")
     if inf:
         for run in inf["plain"].values():
-            note = "the floor" if run["seconds"] == inf["floor_s"] else ""
+            note = f"warm-up {run['warmup_s']:.2f}" + (
+                ", the floor" if run["seconds"] == inf["floor_s"] else ""
+            )
+            tuned = ", autotuned" if run["cudnn_autotune"] else ""
             lines.append(
                 _row(
-                    f"plain inference {inf['samples']}, batch {run['batch_size']}",
+                    f"plain inference {inf['samples']}, batch {run['batch_size']}{tuned}",
                     run["precision"],
                     run["seconds"],
                     note,

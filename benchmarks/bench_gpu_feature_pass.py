@@ -152,17 +152,22 @@ def inference_part(args: argparse.Namespace) -> None:
         model = model.to(memory_format=torch.channels_last)
     x = device_inputs(args.samples, args.seed, device)
     runs = {}
-    for name, precision, batch in (
-        ("bf16_b256", "bf16", args.batch_size),
-        ("bf16_b512", "bf16", 2 * args.batch_size),
-        ("tf32_b256", "tf32", args.batch_size),
-        ("fp32_b256", "fp32", args.batch_size),
+    for name, precision, batch, autotune in (
+        ("bf16_b256", "bf16", args.batch_size, False),
+        ("bf16_b256_autotune", "bf16", args.batch_size, True),
+        ("bf16_b512", "bf16", 2 * args.batch_size, False),
+        ("tf32_b256", "tf32", args.batch_size, False),
+        ("fp32_b256", "fp32", args.batch_size, False),
     ):
-        seconds = timed_pass(model, x, batch=batch, precision=precision, device=device)
+        seconds, warmup = timed_pass(
+            model, x, batch=batch, precision=precision, device=device, autotune=autotune
+        )
         runs[name] = {
             "precision": precision,
             "batch_size": batch,
+            "cudnn_autotune": autotune,
             "seconds": seconds,
+            "warmup_s": warmup,
             "samples_per_s": len(x) / seconds,
         }
     floor = min(r["seconds"] for k, r in runs.items() if k.startswith("bf16"))
@@ -190,14 +195,14 @@ def compile_part(args: argparse.Namespace) -> None:
         model = model.to(memory_format=torch.channels_last)
     x = device_inputs(args.samples, args.seed, device)
     batch = min(240, len(x))  # divides 60,000: one compiled shape serves the whole pass
-    eager = timed_pass(model, x, batch=batch, precision="bf16", device=device)
+    eager, _ = timed_pass(model, x, batch=batch, precision="bf16", device=device)
     compiled = torch.compile(model)
     with torch.inference_mode(), precision_mode("bf16", device):
         t0 = time.perf_counter()
         compiled(x[:batch])
         sync(device)
         compile_s = time.perf_counter() - t0
-    fast = timed_pass(compiled, x, batch=batch, precision="bf16", device=device)
+    fast, _ = timed_pass(compiled, x, batch=batch, precision="bf16", device=device)
     saving = eager - fast
     merge(
         args.out,
@@ -303,10 +308,19 @@ def _overrides(args: argparse.Namespace, data: Path, ckpt: Path, cache: Path) ->
     return out + (["search.budget=200"] if args.smoke else [])
 
 
-def _one_run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+VARIANTS = (  # preparation only, in the warm process: what another setting costs
+    ("eval tf32", ["features.eval_precision=tf32"]),
+    ("all bf16", ["features.train_precision=bf16", "features.eval_precision=bf16"]),
+    ("heads batch 1024", ["heads.batch_size=1024"]),
+)
+
+
+def _one_run(overrides: list[str], run_dir: Path, *, full: bool) -> dict[str, Any]:
+    """The whole run (``full``) or its preparation alone, timed phase by phase."""
     from hydra import compose, initialize_config_module
     from rich.console import Console
 
+    from search.pipeline import prepare
     from search.run import run
 
     with initialize_config_module(config_module="conf", version_base="1.3"):
@@ -314,18 +328,24 @@ def _one_run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     phases = _Phases(pick_device())
     with phases.installed() as wrapped, open(os.devnull, "w") as sink:
         t0 = time.perf_counter()
-        out = run(cfg, run_dir=run_dir, console=Console(file=sink), progress=False)
+        if full:
+            out = run(cfg, run_dir=run_dir, console=Console(file=sink), progress=False)
+            precision, summary = out.summary.get("feature_precision"), out.summary
+        else:
+            precision, summary = dict(prepare(cfg, progress=False).store.precision), {}
         sync(pick_device())
         total = time.perf_counter() - t0
-    seconds = {p: phases.seconds.get(p, 0.0) for p in wrapped}
+    seconds = {p: phases.seconds[p] for p in wrapped if p in phases.seconds}
     seconds["other"] = total - sum(seconds.values())
     return {
+        "what": "whole run" if full else "preparation only",
         "total_s": total,
         "phases_s": seconds,
-        "feature_precision": out.summary.get("feature_precision"),
+        "feature_precision": precision,
+        "heads_batch_size": int(cfg.heads.batch_size),
         "search_budget": int(cfg.search.budget),
         "backend": str(cfg.search.backend),
-        "n_trials": int(out.summary["n_trials"]),
+        "n_trials": summary.get("n_trials"),
     }
 
 
@@ -333,18 +353,22 @@ def e2e_part(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     data, ckpt = _setup(args.workdir, args.samples, args.seed)
     setup_s = time.perf_counter() - t0
+    plan: list[tuple[str, list[str], bool]] = [("run 1", [], True), ("run 2, warm", [], True)]
+    plan += [(name, extra, False) for name, extra in VARIANTS]
     runs = []
-    for k in range(2):
+    for k, (name, extra, full) in enumerate(plan):
         cache = args.workdir / f"e2e-cache-{k}-{os.getpid()}"
-        runs.append(_one_run(_overrides(args, data, ckpt, cache), args.workdir / f"e2e-run-{k}"))
-        print(json.dumps(runs[-1], indent=2))
+        overrides = _overrides(args, data, ckpt, cache) + extra
+        runs.append({"name": name, **_one_run(overrides, args.workdir / f"e2e-{k}", full=full)})
+        print(json.dumps(runs[-1], indent=2), flush=True)
     val, test = args.samples // 12, args.samples // 6
     merge(
         args.out,
         "end_to_end",
         {
-            "what": "search.run.run of +experiment=resnet152_cifar10 with model.checkpoint, in "
-            "process, empty cache; run 2 in the same (warm) process with another empty cache",
+            "what": "search.run.run of +experiment=resnet152_cifar10 with model.checkpoint in "
+            "process, empty cache each time: run 1 in a fresh process, run 2 in the same (warm) "
+            "one; then the preparation alone under other settings",
             "samples": args.samples,
             "splits": [args.samples - val - test, val, test],
             "setup_s": setup_s,

@@ -181,8 +181,9 @@ class _Inputs:
         sums: Tensor | float = 0.0
         squares: Tensor | float = 0.0
         count = 0
-        for start in range(0, len(fit), _EVAL_CHUNK):
-            end = start + _EVAL_CHUNK
+        rows = max(1, _EVAL_CHUNK // len(self.arrays[group]))  # bounded float64 temporaries
+        for start in range(0, len(fit), rows):
+            end = start + rows
             x = self._rows(group, fit[start:end], fit_t[start:end])
             x = x.double().reshape(x.shape[0], x.shape[1], x.shape[2], -1)  # (G, n, C, positions)
             sums = sums + x.sum(dim=(1, 3))
