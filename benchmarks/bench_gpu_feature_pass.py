@@ -33,6 +33,7 @@ import importlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -360,6 +361,7 @@ def e2e_part(args: argparse.Namespace) -> None:
         cache = args.workdir / f"e2e-cache-{k}-{os.getpid()}"
         overrides = _overrides(args, data, ckpt, cache) + extra
         runs.append({"name": name, **_one_run(overrides, args.workdir / f"e2e-{k}", full=full)})
+        shutil.rmtree(cache, ignore_errors=True)  # a few GiB of features each
         print(json.dumps(runs[-1], indent=2), flush=True)
     val, test = args.samples // 12, args.samples // 6
     merge(
@@ -392,6 +394,7 @@ def cli_part(args: argparse.Namespace) -> None:
         timings[name] = time.perf_counter() - t0
         if proc.returncode:
             raise SystemExit(f"{name}: rc={proc.returncode}\n{proc.stderr[-3000:]}")
+    shutil.rmtree(cache, ignore_errors=True)
     merge(args.out, "cli", {"command": " ".join(cmd[1:]), **timings})
 
 
