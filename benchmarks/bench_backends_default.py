@@ -43,8 +43,9 @@ from pymoo.indicators.hv import HV  # noqa: E402
 from evaluators.proxy import ProxyEvaluator  # noqa: E402
 from search.loop import run_search  # noqa: E402
 from search.pipeline import plain, prepare  # noqa: E402
-from search.results import choose, config_from_json  # noqa: E402
+from search.results import choose  # noqa: E402
 from search.run import backbone_reference  # noqa: E402
+from search.rundir import config_from_json  # noqa: E402
 from spaces.space import build_space  # noqa: E402
 
 BACKENDS = ("pymoo_nsga2", "optuna_nsga2", "optuna_tpe", "random")

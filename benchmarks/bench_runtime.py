@@ -48,9 +48,9 @@ from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
 from evaluators.features import iter_batches
 from evaluators.graph import trace
-from search.evaluate import LoadedRun, load_run, select_trials
-from search.results import config_from_json
-from search.runtime import build_eenn, run_dataset, split_graph
+from search.deploy.evaluate import LoadedRun, load_run, select_trials
+from search.deploy.runtime import build_eenn, run_dataset, split_graph
+from search.rundir import config_from_json
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "runtime.json"
 

@@ -79,9 +79,7 @@ RUN=$WORK/mnist-run
 step mnist_default 90 python3 -m search "hydra.run.dir=$RUN" "cache_dir=$WORK/mnist-cache" \
   "${MNIST[@]}"
 cp "$RUN/summary.json" "$OUT/mnist_summary.json" 2>/dev/null
-EVALUATE=search.evaluate
-[ -f search/deploy/evaluate.py ] && EVALUATE=search.deploy.evaluate
-step mnist_evaluate 60 python3 -m "$EVALUATE" "$RUN"
+step mnist_evaluate 60 python3 -m search.deploy.evaluate "$RUN"
 cp "$RUN/evaluated.csv" "$OUT/mnist_evaluated.csv" 2>/dev/null
 
 TESTS=()

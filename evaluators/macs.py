@@ -27,11 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+if TYPE_CHECKING:  # imported where used: it pulls in torch._decomp and torch.export (~1 s)
+    from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_macs", "eval_mode", "mac_counter"]
 
@@ -41,6 +43,8 @@ Shape = tuple[int, ...]
 
 def _attention_macs(q: Shape, k: Shape, embed: int, heads: int) -> int:
     """MACs of QK^T and of the weighted sum of V for (..., L, E) inputs, split into heads."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
     batch = math.prod(q[:-2])
     head_dim = embed // heads
     q4, k4 = (batch, heads, q[-2], head_dim), (batch, heads, k[-2], head_dim)
@@ -48,6 +52,8 @@ def _attention_macs(q: Shape, k: Shape, embed: int, heads: int) -> int:
 
 
 def _sdpa_cpu_flop(q: Shape, k: Shape, v: Shape, *_: Any, **__: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return int(sdpa_flop_count(q, k, v))  # type: ignore[no-untyped-call]
 
 
@@ -77,6 +83,8 @@ _EXTRA_FORMULAS: dict[Any, Any] = {
 
 def mac_counter() -> FlopCounterMode:
     """A silent ``FlopCounterMode`` that also counts the fused CPU attention kernels."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     return FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
 
 

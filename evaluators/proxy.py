@@ -22,10 +22,11 @@ and the margin grows as val shrinks (thresholds tuned on val overfit).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,6 +120,24 @@ class ConfigBatch:
         met = np.array([METRICS.index(c.metric) for c in configs], dtype=np.int64)
         return cls(candidate=cand, head=head, threshold=thr, boundaries=bnd, metric=met)
 
+    def take(self, rows: NDArray[np.int64]) -> ConfigBatch:
+        """The configurations at ``rows``."""
+        return _take(self, rows)
+
+    def without(self, drop: NDArray[np.bool_]) -> ConfigBatch:
+        """The batch with the exits marked in ``drop`` (P, K) removed (rows stay in order)."""
+        keep = (self.candidate >= 0) & ~drop
+        order = np.argsort(~keep, axis=1, kind="stable")  # kept exits first, in their order
+        k_max = int(keep.sum(axis=1).max()) if len(keep) else 0
+
+        def pick(a: NDArray[Any], pad: Any) -> NDArray[Any]:
+            return np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(a, order, 1),
+                            pad)[:, :k_max]
+
+        return ConfigBatch(candidate=pick(self.candidate, -1), head=pick(self.head, 0),
+                           threshold=pick(self.threshold, 0.0), boundaries=self.boundaries,
+                           metric=self.metric)
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ProxyScores:
@@ -139,6 +158,17 @@ class ProxyScores:
     weight_bytes: I64  # (P, D)
     peak_bytes: I64  # (P, D)
     memory_ratio: F64  # (P,) worst of weights/flash and peak/RAM over devices
+
+    def take(self, rows: NDArray[np.int64]) -> ProxyScores:
+        """The figures of the configurations at ``rows``."""
+        return _take(self, rows)
+
+    def idle_exits(self, batch: ConfigBatch) -> NDArray[np.bool_]:
+        """(P, K) active exits of ``batch`` by which no sample leaves (pure cost)."""
+        at = np.maximum(batch.candidate, 0)
+        idle: NDArray[np.bool_] = (batch.candidate >= 0) & (
+            np.take_along_axis(self.exit_count, at, 1) == 0)
+        return idle
 
     @property
     def accuracy(self) -> F64:
@@ -178,6 +208,16 @@ class ProxyScores:
         if spec.max_latency_s is not None:
             cols.append(self.worst_latency_s / spec.max_latency_s - 1.0)
         return np.stack(cols, axis=1) if cols else np.zeros((len(self.macs), 0))
+
+
+_T = TypeVar("_T", ConfigBatch, ProxyScores)
+
+
+def _take(value: _T, rows: NDArray[np.int64]) -> _T:
+    """``value`` with every per-configuration array (leading axis P) indexed by ``rows``."""
+    return dataclasses.replace(value, **{
+        f.name: getattr(value, f.name)[rows] for f in dataclasses.fields(value)
+        if isinstance(getattr(value, f.name), np.ndarray)})
 
 
 def _wilson(k: F64, n: F64, z: float, sign: float) -> F64:

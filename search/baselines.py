@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from evaluators.costs import BackboneCosts
-from evaluators.eenn import EENNConfig, ExitChoice
+from evaluators.eenn import METRICS
 from evaluators.predictions import SplitPredictions
+from evaluators.proxy import ConfigBatch
 from spaces.space import EarlyExitSpace
 
 __all__ = ["manual_configs"]
@@ -28,25 +29,26 @@ def _on_device(space: EarlyExitSpace, device: int) -> tuple[int, ...]:
 
 
 def manual_configs(*, space: EarlyExitSpace, costs: BackboneCosts, val: SplitPredictions,
-                   n_thresholds: int = 64) -> list[EENNConfig]:
-    """The manual recipe's configurations (``n_thresholds`` per device placement)."""
+                   n_thresholds: int = 64) -> ConfigBatch:
+    """The manual recipe's configurations (``n_thresholds`` per device placement), as arrays."""
     if n_thresholds < 1:
         raise ValueError(f"search.manual_thresholds={n_thresholds!r} must be >= 1")
     n_c = space.n_candidates
     k = min(space.max_exits, n_c)
-    cands = np.unique(np.linspace(0, n_c - 1, k).round().astype(int)) if k else np.array([], int)
-    heads = costs.head_macs.argmin(axis=1)
+    cands = np.unique(np.linspace(0, n_c - 1, k).round().astype(np.int64)) if k else \
+        np.zeros(0, np.int64)
+    heads = costs.head_macs.argmin(axis=1)[cands].astype(np.int64)
     metric = space.metrics[0]
-    pooled = np.concatenate([val.conf(metric)[c, heads[c]] for c in cands]) if k else np.ones(1)
+    pooled = val.conf(metric)[cands, heads].ravel() if k else np.ones(1)
     q = np.arange(n_thresholds) / n_thresholds
-    levels = np.unique(np.quantile(pooled.astype(np.float64), q,
-                                   method="inverted_cdf"))
+    levels = np.unique(np.quantile(pooled.astype(np.float64), q, method="inverted_cdf"))
     placements = ([space.pinned_boundaries] if space.pinned_boundaries else
                   [_on_device(space, d) for d in sorted({min(space.allowed_devices),
                                                          max(space.allowed_devices)})])
-    return [
-        EENNConfig(exits=tuple(ExitChoice(candidate=int(c), head=int(heads[c]), threshold=float(t))
-                               for c in cands),
-                   boundaries=boundaries, metric=metric)
-        for boundaries in placements for t in levels
-    ]
+    rows = len(placements) * len(levels)
+    return ConfigBatch(
+        candidate=np.tile(cands, (rows, 1)), head=np.tile(heads, (rows, 1)),
+        threshold=np.tile(np.repeat(levels[:, None], len(cands), axis=1), (len(placements), 1)),
+        boundaries=np.repeat(np.array(placements, np.int64).reshape(len(placements), space.n_links),
+                             len(levels), axis=0),
+        metric=np.full(rows, METRICS.index(metric), dtype=np.int64))

@@ -2,9 +2,16 @@
 
 ``run_search`` runs the configured backend until its evaluation budget is
 spent, then random search at the same budget and the manual recipe
-(:mod:`search.baselines`), appending every evaluated candidate to
-trials.parquet after each batch (and on KeyboardInterrupt), then writes
-pareto.csv and chosen.yaml. Started again on the same run folder it resumes:
+(:mod:`search.baselines`), logging every evaluated candidate (trials.parquet
+is rewritten at most every few seconds, at the end and on KeyboardInterrupt),
+then writes pareto.csv and chosen.yaml. Populations travel as gene matrices
+(:mod:`spaces.space`) and are scored as one :class:`ConfigBatch`, so the loop
+costs about what the proxy costs. An exit by which no val sample leaves only
+adds cost: it is dropped before a candidate is logged (the backend is told
+the figures of the EENN without it), so no logged trial, and no Pareto
+point, carries one; a strategy's budget counts distinct EENNs (a repeat is
+told to the backend with its known figures, not logged again). Started
+again on the same run folder it resumes:
 trials already in trials.parquet count against each strategy's budget and are
 handed to the backend (see each backend's docstring for what it does with
 them). Same seed, same results.
@@ -12,6 +19,7 @@ them). Same seed, same results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +29,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from evaluators.eenn import EENNConfig
-from evaluators.proxy import OBJECTIVES, ConstraintSpec, ProxyEvaluator
+from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator
 from search.backends import BACKENDS, History, make_backend
 from search.baselines import manual_configs
-from search.results import (
-    TrialLog,
-    config_from_json,
-    hypervolumes,
-    scores_to_records,
-    write_results,
-)
+from search.results import TrialLog, scores_to_records, write_results
+from search.rundir import batch_to_json, config_from_json, hypervolumes
 from spaces.space import EarlyExitSpace
 
 __all__ = ["SearchResult", "SearchSettings", "run_search"]
+
+# asks in a row that bring no EENN not evaluated before: the backend only finds repeats
+_STALE_ASKS = 50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +79,7 @@ class SearchResult:
     message: str  # "" or why nothing is feasible
     hypervolume: dict[str, float]  # per strategy, objectives scaled to [0, 1]
     hypervolume_reference: list[float]
+    seconds: dict[str, float]  # per strategy: wall time of its ask/evaluate/tell/log loop
 
     @property
     def chosen_trial(self) -> int | None:
@@ -90,27 +96,53 @@ class _Context:
     log: TrialLog
     progress: bool
 
-    def record(self, configs: Sequence[EENNConfig], strategy: str,
-               generation: int) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluate a batch, append it to the log, flush; return (F, G)."""
-        scores = self.evaluator.evaluate(configs)
+    def record(self, batch: ConfigBatch, strategy: str, generation: int,
+               seen: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Evaluate a batch (idle exits dropped), log the EENNs not in ``seen``.
+
+        Returns F and G of every row and the mask of the rows logged.
+
+        ``seen`` (config texts of this strategy's logged trials) grows by the new ones.
+        """
+        scores = self.evaluator.evaluate(batch)
+        idle = scores.idle_exits(batch)
+        if idle.any():  # same exits taken without them, at lower cost: the EENN to keep
+            batch = batch.without(idle)
+            scores = self.evaluator.evaluate(batch)
         F, G = scores.objectives(self.objectives), scores.constraints(self.spec)
-        self.log.append(scores_to_records(
-            configs=configs, scores=scores, F=F, G=G, objectives=self.objectives,
-            constraint_names=self.spec.names, strategy=strategy, generation=generation,
-            first_trial=self.log.next_trial, confidence=self.spec.confidence))
-        self.log.flush()
-        return F, G
+        texts = batch_to_json(batch)
+        new = []
+        for i, text in enumerate(texts):
+            if text not in seen:
+                seen.add(text)
+                new.append(i)
+        if new:
+            rows = np.array(new, dtype=np.int64)
+            self.log.append(scores_to_records(
+                batch=batch.take(rows), scores=scores.take(rows), F=F[rows], G=G[rows],
+                objectives=self.objectives, constraint_names=self.spec.names,
+                strategy=strategy, generation=generation, first_trial=self.log.next_trial,
+                confidence=self.spec.confidence, config_text=[texts[i] for i in new]))
+            self.log.flush_if_due()
+        logged = np.zeros(len(F), dtype=bool)
+        logged[new] = True
+        return F, G, logged
+
+    def seen(self, strategy: str) -> set[str]:
+        """Config texts of the trials ``strategy`` has logged (resume included)."""
+        df = self.log.frame
+        return set(df.loc[df["strategy"] == strategy, "config"]) if len(df) else set()
 
     def history(self, strategy: str) -> History:
         df = self.log.frame
         rows = df[df["strategy"] == strategy] if len(df) else df
-        genomes = [self.space.encode(config_from_json(c)) for c in rows.get("config", [])]
-        F = rows[[f"obj_{o}" for o in self.objectives]].to_numpy(float) if len(rows) else None
-        G = rows[[f"cv_{c}" for c in self.spec.names]].to_numpy(float) if len(rows) else None
         n_o, n_c = len(self.objectives), len(self.spec.names)
-        return History(genomes=genomes, F=F if F is not None else np.zeros((0, n_o)),
-                       G=G if G is not None else np.zeros((0, n_c)))
+        if not len(rows):
+            return History(X=np.zeros((0, self.space.n_genes)), F=np.zeros((0, n_o)),
+                           G=np.zeros((0, n_c)))
+        X = self.space.to_matrix([self.space.encode(config_from_json(c)) for c in rows["config"]])
+        return History(X=X, F=rows[[f"obj_{o}" for o in self.objectives]].to_numpy(float),
+                       G=rows[[f"cv_{c}" for c in self.spec.names]].to_numpy(float))
 
 
 def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, budget: int,
@@ -123,17 +155,19 @@ def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, b
                            n_obj=len(ctx.objectives), n_constr=len(ctx.spec.names),
                            run_dir=run_dir, history=ctx.history(strategy),
                            objectives=ctx.objectives)
+    seen, stale = ctx.seen(strategy), 0
     with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
               unit="eval", leave=False) as bar:
-        while done < budget:
-            genomes = backend.ask(budget - done)
-            if not genomes:
+        while done < budget and stale < _STALE_ASKS:
+            X = backend.ask(budget - done)
+            if not len(X):
                 break  # the backend cannot propose anything new (space exhausted)
-            configs = [ctx.space.decode(g) for g in genomes]
-            F, G = ctx.record(configs, strategy, backend.generation)
-            backend.tell(genomes, F, G)
-            done += len(genomes)
-            bar.update(len(genomes))
+            batch = ctx.space.batch(ctx.space.repair_matrix(X))
+            F, G, logged = ctx.record(batch, strategy, backend.generation, seen)
+            backend.tell(X, F, G, logged)
+            new = ctx.log.count(strategy) - done
+            done, stale = done + new, 0 if new else stale + 1
+            bar.update(new)
 
 
 def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: Mapping[str, Any],
@@ -152,15 +186,23 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
                    progress=progress)
     if not objectives or set(objectives) - set(OBJECTIVES):
         raise ValueError(f"objectives={list(objectives)!r}: each must be one of {OBJECTIVES}")
+    seconds: dict[str, float] = {}
     try:
+        t0 = time.perf_counter()
         _drive(ctx, strategy=settings.backend, cfg=cfg_search, seed=seed,
                budget=settings.budget, run_dir=run_dir)
+        seconds[settings.backend] = time.perf_counter() - t0
         if "random" in settings.baselines and settings.backend != "random":
+            t0 = time.perf_counter()
             _drive(ctx, strategy="random", cfg=cfg_search, seed=seed + 1,
                    budget=settings.budget, run_dir=run_dir)
+            seconds["random"] = time.perf_counter() - t0
         if "manual" in settings.baselines and ctx.log.count("manual") == 0:
-            ctx.record(manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
-                                      n_thresholds=settings.manual_thresholds), "manual", 0)
+            t0 = time.perf_counter()
+            manual = manual_configs(space=space, costs=evaluator.costs, val=evaluator.split,
+                                    n_thresholds=settings.manual_thresholds)
+            ctx.record(manual, "manual", 0, set())
+            seconds["manual"] = time.perf_counter() - t0
     finally:
         ctx.log.flush()  # also on KeyboardInterrupt: nothing evaluated is lost
     records = ctx.log.frame
@@ -170,4 +212,4 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
     hv, ref = hypervolumes(records, objectives)
     return SearchResult(records=records, strategy=settings.backend, objectives=objectives,
                         constraint_names=spec.names, chosen=chosen, message=chosen["message"],
-                        hypervolume=hv, hypervolume_reference=ref)
+                        hypervolume=hv, hypervolume_reference=ref, seconds=seconds)

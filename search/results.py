@@ -1,17 +1,16 @@
-"""Run-folder results: trials.parquet (incremental), pareto.csv, chosen.yaml.
+"""Writing a run's results: trials.parquet (incremental), pareto.csv, chosen.yaml.
 
-Columns follow the shared schema (see the project's schema brief); extra
-columns: ``accuracy_drop`` and ``accuracy_drop_ub`` (observed drop vs the
-backbone on val and its upper confidence bound), ``memory_ratio`` (worst
-bytes/capacity over devices), ``worst_latency_s`` (a sample that runs to the
-backbone classifier) and ``device_fractions`` (JSON, share of val samples
-finishing on each device). Hypervolumes come from pymoo.
+The files, their columns and the Pareto flags are those of the run-folder
+contract (:mod:`search.rundir`, documented in results/README.md); this module
+fills them from the proxy's scores.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,88 +18,114 @@ import numpy as np
 import pandas as pd
 import yaml
 from numpy.typing import NDArray
-from pymoo.indicators.hv import HV
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from evaluators.eenn import EENNConfig, ExitChoice
-from evaluators.proxy import ConstraintSpec, ProxyEvaluator, ProxyScores
+from evaluators.eenn import EENNConfig
+from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
+from search.rundir import (
+    CHOSEN,
+    PARETO,
+    TRIALS,
+    batch_to_json,
+    config_from_json,
+    config_to_json,
+    json_list,
+    non_dominated,
+    pareto_flags,
+)
 
-__all__ = ["TrialLog", "choose", "config_from_json", "config_to_json", "hypervolumes",
-           "scores_to_records", "write_results"]
-
-TRIALS, PARETO, CHOSEN = "trials.parquet", "pareto.csv", "chosen.yaml"
-
-
-def config_to_json(cfg: EENNConfig) -> str:
-    """The schema's JSON form of an EENN configuration."""
-    return json.dumps({"exits": [{"candidate": e.candidate, "head": e.head,
-                                  "threshold": e.threshold} for e in cfg.exits],
-                       "boundaries": list(cfg.boundaries), "metric": cfg.metric})
-
-
-def config_from_json(text: str) -> EENNConfig:
-    """Inverse of :func:`config_to_json`."""
-    d = json.loads(text)
-    return EENNConfig(exits=tuple(ExitChoice(candidate=int(e["candidate"]), head=int(e["head"]),
-                                             threshold=float(e["threshold"])) for e in d["exits"]),
-                      boundaries=tuple(int(b) for b in d["boundaries"]), metric=str(d["metric"]))
+__all__ = ["TrialLog", "choose", "exit_arrays", "exit_lists", "scores_to_records",
+           "write_results"]
 
 
-def _exit_lists(cfg: EENNConfig, s: ProxyScores, p: int) -> tuple[list[float], list[float | None]]:
-    cands = [e.candidate for e in cfg.exits]
-    n = [int(x) for x in s.exit_count[p, cands]] + [int(s.final_count[p])]
-    ok = [int(x) for x in s.exit_correct[p, cands]] + [int(s.final_correct[p])]
-    return [x / s.n_samples for x in n], [o / x if x else None for o, x in zip(ok, n, strict=True)]
+def exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(P, K+1) samples leaving at each active exit (in order) then at the backbone, and correct."""
+    at = np.maximum(batch.candidate, 0)
+    valid = batch.candidate >= 0
+    counts = np.where(valid, np.take_along_axis(s.exit_count, at, axis=1), 0)
+    correct = np.where(valid, np.take_along_axis(s.exit_correct, at, axis=1), 0)
+    # the backbone's share goes right after each row's last exit (rows have different lengths)
+    k = valid.sum(axis=1)
+    counts = np.concatenate([counts, np.zeros((len(k), 1), np.int64)], axis=1)
+    correct = np.concatenate([correct, np.zeros((len(k), 1), np.int64)], axis=1)
+    rows = np.arange(len(k))
+    counts[rows, k], correct[rows, k] = s.final_count, s.final_correct
+    return counts, correct
 
 
-def scores_to_records(*, configs: Sequence[EENNConfig], scores: ProxyScores, F: NDArray[np.float64],
+def exit_lists(batch: ConfigBatch, s: ProxyScores) -> tuple[list[list[float]],
+                                                             list[list[float | None]]]:
+    """Per row: share of samples leaving at each active exit then the backbone, and the
+    accuracy of those samples (None where none leave)."""
+    counts, correct = exit_arrays(batch, s)
+    k = ((batch.candidate >= 0).sum(axis=1) + 1).tolist()
+    acc = np.divide(correct, counts, out=np.zeros(counts.shape), where=counts > 0).tolist()
+    shares = (counts / s.n_samples).tolist()
+    left = (counts > 0).tolist()
+    return ([r[:kk] for r, kk in zip(shares, k, strict=True)],
+            [[a if n else None for a, n in zip(ra[:kk], rn[:kk], strict=True)]
+             for ra, rn, kk in zip(acc, left, k, strict=True)])
+
+
+def scores_to_records(*, batch: ConfigBatch, scores: ProxyScores, F: NDArray[np.float64],
                       G: NDArray[np.float64], objectives: Sequence[str],
                       constraint_names: Sequence[str], strategy: str, generation: int,
-                      first_trial: int, confidence: float) -> pd.DataFrame:
-    """One schema row per configuration (``pareto`` is filled in by :class:`TrialLog`)."""
-    fr, acc = zip(*(_exit_lists(c, scores, p) for p, c in enumerate(configs)), strict=True)
-    df = pd.DataFrame({
-        "trial": np.arange(first_trial, first_trial + len(configs), dtype=np.int64),
-        "strategy": strategy, "generation": np.int64(generation),
-        "config": [config_to_json(c) for c in configs],
+                      first_trial: int, confidence: float,
+                      config_text: Sequence[str] | None = None) -> dict[str, Any]:
+    """The schema's columns for one batch (``pareto`` is filled in by :class:`TrialLog`).
+
+    ``config_text`` is :func:`batch_to_json` of ``batch`` when the caller has it already.
+    """
+    fr, acc = exit_lists(batch, scores)
+    n = len(F)
+    cols: dict[str, Any] = {
+        "trial": np.arange(first_trial, first_trial + n, dtype=np.int64),
+        "strategy": [strategy] * n, "generation": np.full(n, generation, dtype=np.int64),
+        "config": list(config_text) if config_text is not None else batch_to_json(batch),
         "accuracy": scores.accuracy, "error": 1.0 - scores.accuracy, "macs": scores.macs,
         "energy_j": scores.energy_j, "latency_s": scores.latency_s,
-        "exit_fractions": [json.dumps(x) for x in fr],
-        "exit_accuracy": [json.dumps(x) for x in acc],
+        "exit_fractions": [json_list(x) for x in fr],
+        "exit_accuracy": [json_list(x) for x in acc],
         "accuracy_drop": scores.accuracy_drop,
         "accuracy_drop_ub": scores.accuracy_drop_upper(confidence),
         "memory_ratio": scores.memory_ratio, "worst_latency_s": scores.worst_latency_s,
-        "device_fractions": [json.dumps(x) for x in scores.finish_fraction.round(6).tolist()],
-    })
+        "device_fractions": [json_list(x) for x in scores.finish_fraction.round(6).tolist()],
+    }
     for i, name in enumerate(objectives):
-        df[f"obj_{name}"] = F[:, i]
+        cols[f"obj_{name}"] = F[:, i]
     for i, name in enumerate(constraint_names):
-        df[f"cv_{name}"] = G[:, i]
-    df["feasible"] = (G <= 0).all(axis=1) if G.size else True
-    df["pareto"] = False
-    return df
+        cols[f"cv_{name}"] = G[:, i]
+    cols["feasible"] = (G <= 0).all(axis=1) if G.size else np.ones(n, dtype=bool)
+    cols["pareto"] = np.zeros(n, dtype=bool)
+    return cols
 
 
-def _pareto_flags(df: pd.DataFrame, objectives: Sequence[str]) -> NDArray[np.bool_]:
-    """Non-dominated among feasible rows of the same strategy."""
-    flags = np.zeros(len(df), dtype=bool)
-    cols = [f"obj_{o}" for o in objectives]
-    for _, idx in df[df["feasible"]].groupby("strategy").groups.items():
-        pos = df.index.get_indexer(idx)
-        front = NonDominatedSorting().do(df.loc[idx, cols].to_numpy(float),
-                                         only_non_dominated_front=True)
-        flags[pos[front]] = True
-    return flags
+def _concat(parts: list[Any]) -> Any:
+    """Join one column's batches (arrays or lists)."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [x for p in parts for x in p]
 
 
 class TrialLog:
-    """All trials of a run; rewrites trials.parquet atomically on every :meth:`flush`."""
+    """All trials of a run, written to trials.parquet (temp file, then rename).
+
+    Batches are kept in memory and the file is rewritten by :meth:`flush`
+    (at the end of a search and on interruption) or by :meth:`flush_if_due`
+    at most every ``interval_s`` seconds, so a long search does not spend its
+    time rewriting a growing file; a process killed outright loses at most
+    the last interval.
+    """
 
     def __init__(self, run_dir: Path, *, objectives: Sequence[str],
-                 constraint_names: Sequence[str]) -> None:
+                 constraint_names: Sequence[str], interval_s: float = 10.0) -> None:
         self.path = Path(run_dir) / TRIALS
         self.objectives = tuple(objectives)
+        self.interval_s = interval_s
         self._frames: list[pd.DataFrame] = []
+        self._batches: list[dict[str, Any]] = []  # column batches not yet in a frame
+        self._counts: dict[str, int] = {}
+        self._next = 0
+        self._last_flush = time.monotonic()
         if self.path.exists():
             try:
                 old = pd.read_parquet(self.path)
@@ -113,10 +138,14 @@ class TrialLog:
                 raise ValueError(f"{self.path} was written with columns {sorted(have)}, this run "
                                  f"needs {sorted(want)}; resume with the same objectives/"
                                  "constraints or use a new run folder")
-            self._frames.append(old)
+            self.append(old)
 
     @property
     def frame(self) -> pd.DataFrame:
+        if self._batches:
+            self._frames.append(pd.DataFrame({k: _concat([b[k] for b in self._batches])
+                                              for k in self._batches[0]}))
+            self._batches = []
         if not self._frames:
             return pd.DataFrame()
         if len(self._frames) > 1:
@@ -124,61 +153,60 @@ class TrialLog:
         return self._frames[0]
 
     def count(self, strategy: str) -> int:
-        df = self.frame
-        return int((df["strategy"] == strategy).sum()) if len(df) else 0
+        return self._counts.get(strategy, 0)
 
     @property
     def next_trial(self) -> int:
-        df = self.frame
-        return int(df["trial"].max()) + 1 if len(df) else 0
+        return self._next
 
-    def append(self, rows: pd.DataFrame) -> None:
-        self._frames.append(rows)
+    def append(self, rows: pd.DataFrame | Mapping[str, Any]) -> None:
+        """Add rows: a frame, or one batch of columns from :func:`scores_to_records`."""
+        if not len(rows["trial"]):
+            return
+        if isinstance(rows, pd.DataFrame):
+            self._frames.append(rows)
+        else:
+            self._batches.append(dict(rows))
+        for strategy, n in Counter(rows["strategy"]).items():
+            self._counts[str(strategy)] = self._counts.get(str(strategy), 0) + int(n)
+        self._next = max(self._next, int(np.max(rows["trial"])) + 1)
+
+    def flush_if_due(self) -> None:
+        """:meth:`flush` when ``interval_s`` has passed since the last one."""
+        if time.monotonic() - self._last_flush >= self.interval_s:
+            self.flush()
 
     def flush(self) -> None:
         """Recompute Pareto flags and write trials.parquet (temp file, then rename)."""
+        self._last_flush = time.monotonic()
         df = self.frame
         if not len(df):
             return
-        df["pareto"] = _pareto_flags(df, self.objectives)
+        df["pareto"] = pareto_flags(df, self.objectives)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.parquet")
         df.to_parquet(tmp, index=False)
         tmp.replace(self.path)
 
 
-def hypervolumes(df: pd.DataFrame,
-                 objectives: Sequence[str]) -> tuple[dict[str, float], list[float]]:
-    """pymoo hypervolume of each strategy's feasible points, objectives scaled to [0, 1].
-
-    Ideal and nadir are taken over the feasible points of all strategies; the
-    reference point is nadir + 10% of the range (returned in raw units).
-    """
-    cols = [f"obj_{o}" for o in objectives]
-    feas = df[df["feasible"]] if len(df) else df
-    if not len(feas):
-        return {}, []
-    F = feas[cols].to_numpy(float)
-    ideal, nadir = F.min(axis=0), F.max(axis=0)
-    span = np.where(nadir > ideal, nadir - ideal, np.maximum(np.abs(nadir), 1.0) * 1e-9)
-    nadir = ideal + span
-    ref = nadir + 0.1 * span
-    hv = HV(ref_point=ref, ideal=ideal, nadir=nadir, zero_to_one=True)
-    out = {str(s): float(hv(g[cols].to_numpy(float))) for s, g in feas.groupby("strategy")}
-    return out, ref.tolist()
-
-
 def choose(df: pd.DataFrame, objectives: Sequence[str],
            strategy: str) -> tuple[pd.Series | None, str]:
-    """Cheapest feasible row of ``strategy`` by the primary cost; else the closest, and why."""
+    """The chosen point of ``strategy``; else the closest infeasible row, and why.
+
+    Rule: among the strategy's feasible rows that no other feasible row of it dominates
+    on all objectives (its front), the one with the lowest primary cost (the first
+    objective that is not ``error``); ties go to the other objectives in their order, then
+    to the lower trial number. So the chosen point is always on its own front.
+    """
     rows = df[df["strategy"] == strategy] if len(df) else df
     if not len(rows):
         return None, f"no trials of strategy {strategy!r} were evaluated"
     costs = [o for o in objectives if o != "error"]
-    order = [f"obj_{costs[0]}", "error"] if costs else ["error"]
+    order = ([costs[0]] if costs else []) + [o for o in objectives if o not in costs[:1]]
     feas = rows[rows["feasible"]]
     if len(feas):
-        return feas.sort_values([*order, "trial"]).iloc[0], ""
+        front = feas[non_dominated(feas[[f"obj_{o}" for o in objectives]].to_numpy(float))]
+        return front.sort_values([*(f"obj_{o}" for o in order), "trial"]).iloc[0], ""
     cv_cols = [c for c in rows.columns if c.startswith("cv_")]
     total = rows[cv_cols].clip(lower=0).sum(axis=1)
     best = rows.loc[total.idxmin()]
@@ -188,8 +216,9 @@ def choose(df: pd.DataFrame, objectives: Sequence[str],
 
 
 def _figures(ev: ProxyEvaluator, cfg: EENNConfig, spec: ConstraintSpec) -> dict[str, Any]:
-    s = ev.evaluate([cfg])
-    fr, acc = _exit_lists(cfg, s, 0)
+    batch = ConfigBatch.from_configs([cfg])
+    s = ev.evaluate(batch)
+    (fr,), (acc,) = exit_lists(batch, s)
     return {"accuracy": float(s.accuracy[0]), "error": float(1 - s.accuracy[0]),
             "backbone_accuracy": ev.backbone_accuracy,
             "accuracy_drop": float(s.accuracy_drop[0]),

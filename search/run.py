@@ -6,7 +6,6 @@ tests call it directly with a composed (and shrunk) config.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,10 @@ from evaluators.proxy import ProxyEvaluator
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, plain, prepare
 from search.report import write_report
+from search.rundir import CONFIG, REPORT, SUMMARY_TXT, hypervolume_summary, write_summary
 from spaces.space import build_space
 
 __all__ = ["RunOutcome", "backbone_reference", "run"]
-
-SUMMARY_JSON = "summary.json"
-SUMMARY_TXT = "summary.txt"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -97,8 +94,7 @@ def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -
         },
         "chosen_trial": result.chosen_trial,
         "message": result.message,
-        "hypervolume": result.hypervolume,
-        "hypervolume_reference": result.hypervolume_reference,
+        **hypervolume_summary(result.records, result.objectives),
         "backbone_checkpoint": str(prepared.backbone.checkpoint),
         "backbone_trained_now": prepared.backbone.trained_now,
         "weights_hash": prepared.backbone.weights_hash,
@@ -194,7 +190,7 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(cfg, progress=progress)
     # written once preparation succeeded, so a failing call never overwrites a run's config
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run_dir / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
     table = prepared.predictions
     space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
     grid = space.threshold_grid
@@ -216,7 +212,7 @@ def run(
         progress=progress,
     )
     summary = _summary(prepared, result, cfg)
-    (run_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=float))
+    write_summary(run_dir, summary)
     write_report(run_dir)
     chosen = result.chosen
     if result.message:
@@ -228,5 +224,5 @@ def run(
             Console(file=fh, width=120).print(final)
             if result.message:
                 fh.write(result.message + "\n")
-    console.print(f"run folder: {run_dir}  (report: {run_dir / 'report.html'})")
+    console.print(f"run folder: {run_dir}  (report: {run_dir / REPORT})")
     return RunOutcome(run_dir=run_dir, prepared=prepared, result=result, summary=summary)

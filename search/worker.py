@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from search.backends._storage import check_shared_study, redacted
 from search.errors import one_line_errors
+from search.rundir import WORKER
 from search.threads import apply_cpu_threads
 
 __all__ = ["WorkerOutcome", "check_shared_study", "main", "work"]
@@ -102,7 +103,7 @@ def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
                         run_dir=run_dir, test_evaluator=evaluators[1], progress=progress)
     outcome = WorkerOutcome(run_dir=run_dir, study_name=study_name, worker=int(worker),
                             sampler_seed=sampler_seed, n_trials=len(result.records))
-    (run_dir / "worker.json").write_text(json.dumps(
+    (run_dir / WORKER).write_text(json.dumps(
         {"study_name": study_name, "storage": redacted(storage), "worker": int(worker),
          "sampler_seed": sampler_seed, "n_trials": outcome.n_trials,
          "objectives": objectives, "strategy": result.strategy}, indent=2))

@@ -1,9 +1,10 @@
 """The ask/tell contract every backend implements, and the factory that builds one.
 
-A backend proposes genomes of an :class:`spaces.space.EarlyExitSpace` and
-learns from their objective (``F``, minimised) and constraint (``G``, <= 0
-satisfied) values. ``history`` holds the trials a previous, interrupted run
-of the same strategy already evaluated, so a backend can continue from them.
+A backend proposes a population of an :class:`spaces.space.EarlyExitSpace`
+as a ``(P, G)`` gene matrix and learns from its objective (``F``, minimised)
+and constraint (``G``, <= 0 satisfied) values. ``history`` holds the trials a
+previous, interrupted run of the same strategy already evaluated, so a
+backend can continue from them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from spaces.space import EarlyExitSpace, Genome
+from spaces.space import EarlyExitSpace
 
 __all__ = ["BACKENDS", "Backend", "History", "make_backend"]
 
@@ -25,14 +26,14 @@ BACKENDS: tuple[str, ...] = ("pymoo_nsga2", "optuna_nsga2", "optuna_tpe", "rando
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class History:
-    """Trials already evaluated by this strategy (canonical genomes, F, G)."""
+    """Trials already evaluated by this strategy (canonical gene rows, F, G)."""
 
-    genomes: list[Genome]
+    X: NDArray[np.float64]
     F: NDArray[np.float64]
     G: NDArray[np.float64]
 
     def __len__(self) -> int:
-        return len(self.genomes)
+        return len(self.X)
 
 
 class Backend(Protocol):
@@ -40,13 +41,20 @@ class Backend(Protocol):
 
     name: str
 
-    def ask(self, n: int) -> list[Genome]:
-        """At most ``n`` genomes to evaluate next (fewer or none when the space is exhausted)."""
+    def ask(self, n: int) -> NDArray[np.float64]:
+        """At most ``n`` gene rows to evaluate next (fewer or none when the space is exhausted).
+
+        Rows need not be canonical: the loop repairs them before evaluating.
+        """
         ...
 
-    def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
-        """Objective and constraint values of the genomes returned by the last ``ask``."""
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64], G: NDArray[np.float64],
+             new: NDArray[np.bool_] | None = None) -> None:
+        """Objective and constraint values of the rows returned by the last ``ask``.
+
+        ``new`` marks the rows the run logged as trials; the others repeat an EENN this
+        strategy evaluated before (their figures are that EENN's).
+        """
         ...
 
     @property

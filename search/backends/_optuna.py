@@ -43,7 +43,8 @@ from search.backends._storage import (
     fail_stale_trials,
     heartbeat_settings,
 )
-from spaces.space import EarlyExitSpace, Genome
+from search.rundir import OPTUNA_DB
+from spaces.space import EarlyExitSpace
 
 __all__ = ["OptunaBackend"]
 
@@ -110,9 +111,9 @@ class OptunaBackend:
     """One Optuna study; ``ask(n)`` opens n trials at once (a generation / a parallel batch).
 
     ``storage: null`` (the run's own SQLite file): the sampler runs on an
-    in-memory copy of the study (an SQLite round trip per parameter made asking
-    ~150x slower); every told batch is copied to the file with ``add_trials``
-    (~15-35 ms per trial) and a resumed run loads it back. An explicit URL is
+    in-memory copy of the study (asking through SQLite costs a database round trip
+    per parameter); every told batch is copied to the file with ``add_trials``
+    and a resumed run loads it back. An explicit URL is
     used directly, Optuna's usual way, so several processes share one study and
     every sampler sees every process's trials up to its last ask. There, asked
     trials carry a heartbeat (``search.heartbeat_s``, default 60) and stale
@@ -161,7 +162,7 @@ class OptunaBackend:
             else:
                 sampler = _sampler(name, cfg, _seed(seed, len(history)), population)
                 self._disk = None if explicit == ":memory:" else _open(
-                    connect(f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"),
+                    connect(f"sqlite:///{Path(run_dir).resolve() / OPTUNA_DB}"),
                     study_name=study_name, objectives=objectives, n_obj=n_obj, sampler=None)
                 self._study = optuna.create_study(directions=[StudyDirection.MINIMIZE] * n_obj,
                                                   sampler=sampler)
@@ -184,7 +185,8 @@ class OptunaBackend:
             return  # written before runs were recorded: cannot tell which trials are ours
         told = {int(t.user_attrs[_RUN_ATTR][1]) for t in stored
                 if t.user_attrs[_RUN_ATTR][0] == self._run}
-        self._store.add_trials([self._frozen(history.genomes[i], history.F[i], history.G[i], i)
+        genomes = self._space.to_genomes(history.X)
+        self._store.add_trials([self._frozen(genomes[i], history.F[i], history.G[i], i)
                                 for i in range(len(history)) if i not in told])
 
     def close(self) -> None:
@@ -196,18 +198,19 @@ class OptunaBackend:
     def generation(self) -> int:
         return self._generation
 
-    def ask(self, n: int) -> list[Genome]:
+    def ask(self, n: int) -> NDArray[np.float64]:
         self._generation += 1
         with _quiet():
             if self._heartbeat is not None:
                 fail_stale_trials(self._study)
             self._pending = [self._ask() for _ in range(min(n, self._batch))]
-        return [dict(t.params) for t in self._pending]
+        return self._space.to_matrix([t.params for t in self._pending])
 
     def _ask(self) -> Trial:
         """One trial with every gene; beating (shared storage) before its genes are suggested."""
         trial = self._study.ask()
         if self._heartbeat is not None:
+            # Optuna has no public accessor for a trial's storage id (only its number)
             self._heartbeat.hold([trial._trial_id])
         for name, dist in self._dists.items():
             if isinstance(dist, CategoricalDistribution):
@@ -219,18 +222,21 @@ class OptunaBackend:
                 trial.suggest_float(name, dist.low, dist.high)
         return trial
 
-    def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
-        if len(genomes) != len(self._pending):
-            raise RuntimeError("tell() must answer the genomes of the last ask()")
+    def tell(self, X: NDArray[np.float64], F: NDArray[np.float64], G: NDArray[np.float64],
+             new: NDArray[np.bool_] | None = None) -> None:
+        """Tell every trial; those the run logged (``new``) carry their index in the run."""
+        if len(X) != len(self._pending):
+            raise RuntimeError("tell() must answer the rows of the last ask()")
+        new = np.ones(len(X), dtype=bool) if new is None else np.asarray(new, dtype=bool)
+        index = np.where(new, self._offset + np.cumsum(new) - 1, -1)  # -1: a repeat, not logged
         told = set()
-        for k, (trial, f, g) in enumerate(zip(self._pending, F, G, strict=True)):
+        for trial, f, g, i in zip(self._pending, F, G, index.tolist(), strict=True):
             try:
-                told.add(self._tell(trial, f, g, self._offset + k))
+                told.add(self._tell(trial, f, g, i))
             except optuna.exceptions.UpdateFinishedTrialError:
                 # failed as stale by another process (a beat came too late): keep the result
-                self._study.add_trial(self._frozen(trial.params, f, g, self._offset + k))
-        self._offset += len(self._pending)
+                self._study.add_trial(self._frozen(trial.params, f, g, i))
+        self._offset += int(new.sum())
         if self._heartbeat is not None:
             self._heartbeat.release()
         if self._disk is not None:

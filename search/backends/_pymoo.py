@@ -1,210 +1,276 @@
-"""pymoo NSGA-II on the mixed-variable space, driven by ask/tell.
+"""NSGA-II on the space's gene matrix, built from pymoo's operators, driven by ask/tell.
 
-pymoo's ``MixedVariableGA`` operators (uniform crossover and random mutation
-for Binary/Choice genes, SBX + polynomial mutation with rounding for Integer
-and Real genes) with NSGA-II's rank-and-crowding survival and binary
-tournament; the first population comes from the space's sampler (exit
-counts uniform in 0..max_exits).
+The algorithm is NSGA-II as pymoo's ``NSGA2`` runs it (Deb et al., 2002):
+binary tournament on constraint violation, then Pareto dominance, then
+crowding distance; offspring from the mixed-variable recipe of pymoo's
+``MixedVariableMating``; survival by constraint violation, then pymoo's
+non-dominated sorting and crowding distance, ties broken at random. The
+state is kept as arrays (genes, objectives, violation, rank, crowding)
+rather than pymoo's ``Population`` of ``Individual`` objects: that object
+layer costs tens of milliseconds per generation of 100, many times the
+proxy that scores the generation. pymoo supplies the array kernels
+(``cross_sbx``, ``mut_pm``, ``crossover_mask``, ``NonDominatedSorting``,
+``calc_crowding_distance``, ``randomized_argsort``).
 
-Duplicates are recognised by the canonical genome (:meth:`EarlyExitSpace.repair`
-then :meth:`EarlyExitSpace.key`). By default (``search.inactive_genes: keep``)
-the genomes that evolve keep the head/threshold genes of disabled exits, so
-re-enabling an exit restores what it had; ``canonical`` resets them. On the
-enumerable benchmark space (benchmarks/bench_search_quality.py) keeping them
-raised the hypervolume ratio from 0.953 to 0.971 (4 seeds, default pymoo
-operators), and a stronger, sparser mutation (``mutation_eta: 5``,
-``mutation_prob: 0.1`` per gene) to 0.985 (8 seeds). The duplicate
-elimination rejects offspring equal to the population or to anything
-evaluated before, so no evaluation is spent twice.
+Variation per gene family (see :mod:`spaces.space`): uniform crossover and
+bit-flip mutation for the on/off genes, SBX and polynomial mutation with
+rounding for the integer genes (heads, threshold levels, boundaries) and
+without it for continuous thresholds, uniform crossover and random resetting
+for the metric; each family's crossover acts on a mating with probability
+0.9, polynomial mutation on an individual with probability 0.9, as in
+pymoo. The first population comes from the space's sampler (exit counts
+uniform in 0..max_exits).
+
+With ``search.inactive_genes: keep`` (default) evolving genomes keep the
+head/threshold genes of disabled exits, so re-enabling an exit restores what
+it had; ``canonical`` resets them. Offspring that repeat an EENN of the same
+batch or one evaluated before (by canonical row) are replaced, so no
+evaluation is spent twice.
 
 Resume: the stored trials of this strategy are evaluated individuals; the
-best ``population`` of them (rank and crowding) become the first population,
-told with their stored values and not evaluated again, and every stored
-genome is marked as seen. The random state is re-seeded from (seed, number
-of stored trials), so a resumed run is reproducible but not identical to an
-uninterrupted one.
+best ``population`` of them (the survival above) become the population, and
+every stored row is marked as seen. The random state is re-seeded from
+(seed, number of stored trials), so a resumed run is reproducible but not
+identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pymoo.algorithms.moo.nsga2 import binary_tournament
-from pymoo.core.duplicate import DuplicateElimination
-from pymoo.core.evaluator import Evaluator
-from pymoo.core.mixed import MixedVariableGA, MixedVariableMating
-from pymoo.core.population import Population
-from pymoo.core.problem import Problem
-from pymoo.core.repair import Repair
-from pymoo.core.sampling import Sampling
-from pymoo.core.variable import Binary, Choice, Integer, Real, Variable
-from pymoo.operators.crossover.sbx import SBX
-from pymoo.operators.crossover.ux import UX
-from pymoo.operators.mutation.bitflip import BFM
-from pymoo.operators.mutation.pm import PM
-from pymoo.operators.mutation.rm import ChoiceRandomMutation
-from pymoo.operators.repair.rounding import RoundingRepair
-from pymoo.operators.selection.tournament import TournamentSelection
-from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
-from pymoo.problems.static import StaticProblem
-from pymoo.util.display.multi import MultiObjectiveOutput
+from pymoo.operators.crossover.sbx import cross_sbx
+from pymoo.operators.mutation.pm import mut_pm
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+from pymoo.util.misc import crossover_mask
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from pymoo.util.randomized_argsort import randomized_argsort
 
 from search.backends._base import History
-from spaces.space import EarlyExitSpace, Genome
+from spaces.space import EarlyExitSpace
 
 __all__ = ["PymooNSGA2"]
 
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+_P_CROSS, _P_MUT = 0.9, 0.9  # pymoo's per-mating crossover and per-individual PM rates
+_MAX_TRIES = 100  # mating rounds per generation before the space counts as exhausted
 
-def _variables(space: EarlyExitSpace) -> dict[str, Variable]:
-    """The space's genes as pymoo variables."""
-    out: dict[str, Variable] = {}
-    for v in space.variables:
-        if v.kind == "bool":
-            out[v.name] = Binary()
-        elif v.kind == "int":
-            out[v.name] = Integer(bounds=(int(v.low), int(v.high)))
-        elif v.kind == "float":
-            out[v.name] = Real(bounds=(v.low, v.high))
-        else:
-            out[v.name] = Choice(options=list(v.choices))
+
+@dataclass(frozen=True, kw_only=True)
+class _Family:
+    """Gene columns of one kind, their bounds and variation settings."""
+
+    cols: I64
+    kind: str  # bool | int | float | choice
+    low: F64
+    high: F64
+    prob_var: float
+
+
+def _families(space: EarlyExitSpace, cfg: Mapping[str, Any]) -> list[_Family]:
+    """The space's genes grouped by kind; per-gene mutation rate from ``search.mutation_prob``."""
+    p_m = cfg.get("mutation_prob", 0.1)
+    out = []
+    for kind in ("bool", "int", "float", "choice"):
+        genes = [(i, v) for i, v in enumerate(space.variables) if v.kind == kind]
+        if not genes:
+            continue
+        # pymoo's default per-gene rate is 1/n over the genes of one kind (a choice: alone)
+        n = len(genes) if kind != "choice" else 1
+        out.append(_Family(
+            cols=np.array([i for i, _ in genes], dtype=np.int64), kind=kind,
+            low=np.array([v.low for _, v in genes], dtype=np.float64),
+            high=np.array([v.high if kind != "choice" else len(v.choices) - 1 for _, v in genes],
+                          dtype=np.float64),
+            prob_var=float(p_m) if p_m is not None and kind != "choice" else min(0.5, 1.0 / n)))
     return out
 
 
-class _SpaceRepair(Repair):  # type: ignore[misc]
-    """:meth:`EarlyExitSpace.repair` on every genome (``keep_inactive``: see module doc)."""
+@dataclass(frozen=True, kw_only=True)
+class _Variation:
+    """Crossover and mutation of whole offspring matrices, family by family."""
 
-    def __init__(self, space: EarlyExitSpace, keep_inactive: bool) -> None:
-        super().__init__()
-        self.space, self.keep_inactive = space, keep_inactive
+    families: list[_Family]
+    eta_c: float
+    eta_m: float
 
-    def _do(self, problem: Problem, X: Any, random_state: Any = None, **kwargs: Any) -> Any:
-        out = np.empty(len(X), dtype=object)
-        out[:] = [self.space.repair(x, random_state, keep_inactive=self.keep_inactive) for x in X]
+    def crossover(self, parents: F64, rng: np.random.Generator) -> F64:
+        """(2, matings, genes) parents -> (2 * matings, genes) children."""
+        out = np.array(parents, dtype=np.float64)
+        n_mat = out.shape[1]
+        for fam in self.families:
+            x = out[:, :, fam.cols]
+            if fam.kind in ("int", "float"):
+                size = (n_mat, 1)
+                child = cross_sbx(x, fam.low, fam.high, np.full(size, self.eta_c),
+                                  np.full(size, 0.5), np.full(size, 0.5), random_state=rng)
+            else:
+                child = crossover_mask(x, rng.random((n_mat, len(fam.cols))) < 0.5)
+            crossed = np.asarray(rng.random(n_mat) < _P_CROSS)
+            child = np.where(crossed[None, :, None], child, x)
+            out[:, :, fam.cols] = np.rint(child) if fam.kind == "int" else child
+        return out.reshape(-1, out.shape[-1])
+
+    def mutate(self, X: F64, rng: np.random.Generator) -> F64:
+        """Bit flip, polynomial mutation or random resetting, per family."""
+        out = np.array(X, dtype=np.float64)
+        for fam in self.families:
+            x = out[:, fam.cols]
+            if fam.kind == "bool":
+                x = np.where(rng.random(x.shape) < fam.prob_var, 1.0 - np.rint(x), x)
+            elif fam.kind == "choice":
+                new = rng.integers(0, int(fam.high[0]) + 1, size=x.shape)
+                x = np.where(rng.random(x.shape) < fam.prob_var, new, x)
+            else:
+                n = len(x)
+                mutated = mut_pm(x, fam.low, fam.high, np.full(n, self.eta_m),
+                                 np.full(n, fam.prob_var), False, random_state=rng)
+                x = np.where((rng.random(n) <= _P_MUT)[:, None], mutated, x)
+                x = np.rint(x) if fam.kind == "int" else x
+            out[:, fam.cols] = x
         return out
 
 
-class _SpaceSampling(Sampling):  # type: ignore[misc]
-    """Initial population from :meth:`EarlyExitSpace.sample` (exit count uniform, not ~C/2)."""
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Population:
+    """Evaluated individuals with their NSGA-II rank and crowding distance."""
 
-    def __init__(self, space: EarlyExitSpace) -> None:
-        super().__init__()
-        self.space = space
-
-    def _do(self, problem: Problem, n_samples: int, random_state: Any = None,
-            **kwargs: Any) -> Any:
-        out = np.empty(n_samples, dtype=object)
-        out[:] = self.space.sample(n_samples, random_state)
-        return out
+    X: F64
+    F: F64
+    cv: F64
+    rank: I64
+    crowding: F64
 
 
-class _SeenElimination(DuplicateElimination):  # type: ignore[misc]
-    """Duplicates by canonical genome, within a batch, against ``other`` and all ever seen."""
+def _survive(X: F64, F: F64, cv: F64, n: int, rng: np.random.Generator) -> _Population:
+    """pymoo's RankAndCrowding survival: feasible by rank and crowding, then least violation."""
+    feasible = np.flatnonzero(cv <= 0)
+    rank = np.full(len(X), np.iinfo(np.int64).max, dtype=np.int64)
+    crowding = np.zeros(len(X))
+    chosen: list[int] = []
+    if len(feasible):
+        fronts = NonDominatedSorting().do(F[feasible], n_stop_if_ranked=min(n, len(feasible)))
+        for k, front in enumerate(fronts):
+            idx = feasible[front]
+            dist = calc_crowding_distance(F[idx])
+            rank[idx], crowding[idx] = k, dist
+            room = n - len(chosen)
+            if len(idx) > room:
+                order = randomized_argsort(dist, order="descending", method="numpy",
+                                           random_state=rng)
+                idx = idx[order[:room]]
+            chosen.extend(idx.tolist())
+            if len(chosen) >= n:
+                break
+    infeasible = np.flatnonzero(cv > 0)
+    chosen.extend(infeasible[np.argsort(cv[infeasible], kind="stable")][:n - len(chosen)].tolist())
+    keep = np.array(chosen, dtype=np.int64)
+    return _Population(X=X[keep], F=F[keep], cv=cv[keep], rank=rank[keep],
+                       crowding=crowding[keep])
 
-    def __init__(self, space: EarlyExitSpace, seen: set[tuple[Any, ...]]) -> None:
-        super().__init__()
-        self.space, self.seen = space, seen
 
-    def _do(self, pop: Population, other: Population | None,
-            is_duplicate: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        keys = [self.space.key(self.space.repair(ind.X)) for ind in pop]
-        if other is None:
-            local: set[tuple[Any, ...]] = set()
-            for i, k in enumerate(keys):
-                is_duplicate[i] = k in local or k in self.seen
-                local.add(k)
-        else:
-            known = {self.space.key(self.space.repair(ind.X)) for ind in other}
-            for i, k in enumerate(keys):
-                is_duplicate[i] |= k in known
-        return is_duplicate
-
-
-def _operators(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Crossover and mutation per variable type, with the tuned defaults (see module doc)."""
-    eta_c = float(cfg.get("crossover_eta", 15))
-    eta_m = float(cfg.get("mutation_eta", 5))
-    p_m = cfg.get("mutation_prob", 0.1)
-    p_var = {} if p_m is None else {"prob_var": float(p_m)}
-    return {
-        "crossover": {Binary: UX(), Real: SBX(eta=eta_c), Choice: UX(),
-                      Integer: SBX(eta=eta_c, vtype=float, repair=RoundingRepair())},
-        "mutation": {Binary: BFM(**p_var), Real: PM(eta=eta_m, **p_var),
-                     Integer: PM(eta=eta_m, vtype=float, repair=RoundingRepair(), **p_var),
-                     Choice: ChoiceRandomMutation()},
-    }
+def _tournament(pop: _Population, n: int, rng: np.random.Generator) -> I64:
+    """``n`` winners of binary tournaments (violation, then dominance, then crowding)."""
+    size = len(pop.X)
+    pairs = np.concatenate([rng.permutation(size) for _ in range(math.ceil(2 * n / size))])
+    a, b = pairs[:2 * n].reshape(n, 2).T
+    fa, fb = pop.F[a], pop.F[b]
+    a_dom = (fa <= fb).all(axis=1) & (fa < fb).any(axis=1)
+    b_dom = (fb <= fa).all(axis=1) & (fb < fa).any(axis=1)
+    coin = rng.random(n) < 0.5
+    by_crowding = np.where(pop.crowding[a] > pop.crowding[b], a,
+                           np.where(pop.crowding[b] > pop.crowding[a], b, np.where(coin, a, b)))
+    by_cv = np.where(pop.cv[a] < pop.cv[b], a,
+                     np.where(pop.cv[b] < pop.cv[a], b, np.where(coin, a, b)))
+    feasible = (pop.cv[a] <= 0) & (pop.cv[b] <= 0)
+    winner = np.where(a_dom, a, np.where(b_dom, b, by_crowding))
+    return np.where(feasible, winner, by_cv).astype(np.int64)
 
 
 class PymooNSGA2:
-    """NSGA-II with mixed-variable operators; one generation per ``ask``/``tell`` pair."""
+    """NSGA-II on the gene matrix; one generation per ``ask``/``tell`` pair."""
 
     name = "pymoo_nsga2"
 
     def __init__(self, *, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int, n_obj: int,
                  n_constr: int, history: History) -> None:
-        population = int(cfg.get("population", 100))
+        self._size = int(cfg.get("population", 100))
         inactive = str(cfg.get("inactive_genes", "keep"))
         if inactive not in ("keep", "canonical"):
             raise ValueError(f"search.inactive_genes={inactive!r} must be 'keep' or 'canonical'")
-        self._space = space
-        self._seen: set[tuple[Any, ...]] = set()
-        self._problem = Problem(vars=_variables(space), n_obj=n_obj, n_ieq_constr=n_constr)
-        elim = _SeenElimination(space, self._seen)
-        repair = _SpaceRepair(space, keep_inactive=inactive == "keep")
-        seeds = self._seed_population(history, population, seed) if len(history) else None
-        self._algo = MixedVariableGA(
-            pop_size=population,
-            sampling=seeds if seeds is not None else _SpaceSampling(space),
-            mating=MixedVariableMating(selection=TournamentSelection(func_comp=binary_tournament),
-                                       repair=repair, eliminate_duplicates=elim,
-                                       **_operators(cfg)),
-            eliminate_duplicates=elim, repair=repair, survival=RankAndCrowding(),
-            output=MultiObjectiveOutput(), advance_after_initial_infill=True,
-        )
-        self._algo.tournament_type = "comp_by_dom_and_crowding"
-        self._algo.setup(self._problem, seed=int(np.random.SeedSequence([seed, len(history)])
-                                                 .generate_state(1)[0]), verbose=False)
-        self._pending: Population | None = None
-        if seeds is not None:
-            self._algo.tell(infills=self._algo.ask())
-            self._seen.update(space.key(g) for g in history.genomes)
-
-    def _seed_population(self, history: History, population: int, seed: int) -> Population:
-        """The best ``population`` stored trials, already evaluated (no repair, no re-run)."""
-        X = np.empty(len(history), dtype=object)
-        X[:] = [dict(g) for g in history.genomes]
-        pop = Population.new(X=X)
-        self._evaluate(pop, history.F, history.G)
-        if len(pop) > population:
-            pop = RankAndCrowding().do(self._problem, pop, n_survive=population,
-                                       random_state=np.random.default_rng(seed))
-        return pop
-
-    def _evaluate(self, pop: Population, F: NDArray[np.float64], G: NDArray[np.float64]) -> None:
-        values: dict[str, Any] = {"F": F}
-        if self._problem.n_ieq_constr:
-            values["G"] = G
-        Evaluator().eval(StaticProblem(self._problem, **values), pop)
+        self._space, self._keep = space, inactive == "keep"
+        self._variation = _Variation(families=_families(space, cfg),
+                                     eta_c=float(cfg.get("crossover_eta", 15)),
+                                     eta_m=float(cfg.get("mutation_eta", 5)))
+        self._rng = np.random.default_rng(np.random.SeedSequence([seed, len(history)]))
+        self._seen: set[bytes] = set(space.keys(history.X)) if len(history) else set()
+        self._pop: _Population | None = None
+        if len(history):
+            self._pop = _survive(history.X, history.F, _violation(history.G), self._size,
+                                 self._rng)
+        self._pending: F64 | None = None
+        self._generation = 0
 
     @property
     def generation(self) -> int:
-        return int(self._algo.n_gen or 1)
+        return self._generation
 
-    def ask(self, n: int) -> list[Genome]:
-        pop = self._algo.ask()
-        if pop is None or len(pop) == 0:
-            return []
-        self._pending = pop[: max(0, n)]
-        return [dict(ind.X) for ind in self._pending]
+    def ask(self, n: int) -> F64:
+        self._generation += 1
+        X = (self._fresh(self._space.sample_matrix, self._size) if self._pop is None else
+             self._fresh(self._offspring, self._size))
+        self._pending = X[:max(0, n)]
+        if len(X) > len(self._pending):  # asked for fewer: the rest was never evaluated
+            self._seen.difference_update(self._space.keys(
+                self._space.repair_matrix(X[len(self._pending):])))
+        return self._pending
 
-    def tell(self, genomes: Sequence[Genome], F: NDArray[np.float64],
-             G: NDArray[np.float64]) -> None:
-        pop = self._pending
-        if pop is None or len(pop) != len(genomes):
-            raise RuntimeError("tell() must answer the genomes of the last ask()")
-        self._evaluate(pop, F, G)
-        self._seen.update(self._space.key(self._space.repair(g)) for g in genomes)
-        self._algo.tell(infills=pop)
+    def _offspring(self, n: int, rng: np.random.Generator) -> F64:
+        assert self._pop is not None
+        n_mat = math.ceil(n / 2)
+        parents = self._pop.X[_tournament(self._pop, 2 * n_mat, rng)].reshape(n_mat, 2, -1)
+        children = self._variation.mutate(
+            self._variation.crossover(parents.transpose(1, 0, 2), rng), rng)
+        return self._space.repair_matrix(children, rng, keep_inactive=self._keep)
+
+    def _fresh(self, make: Any, n: int) -> F64:
+        """Rows from ``make(n, rng)`` whose canonical EENN is new, until ``n`` or no more.
+
+        Every round draws a full ``n`` (pymoo draws only the missing number): the accepted
+        rows are the first new ones of i.i.d. rounds either way, and fewer rounds are cheaper.
+        """
+        rows: list[F64] = []
+        for _ in range(_MAX_TRIES):
+            X = make(n, self._rng)
+            for row, key in zip(X, self._space.keys(self._space.repair_matrix(X)), strict=True):
+                if key not in self._seen:
+                    self._seen.add(key)  # seen from now on: evaluated before the next ask
+                    rows.append(row)
+                    if len(rows) == n:
+                        break
+            if len(rows) == n:
+                break
+        return np.array(rows, dtype=np.float64).reshape(-1, self._space.n_genes)
+
+    def tell(self, X: F64, F: F64, G: F64, new: NDArray[np.bool_] | None = None) -> None:
+        if self._pending is None or len(self._pending) != len(X):
+            raise RuntimeError("tell() must answer the rows of the last ask()")
+        cv = _violation(G)
+        if self._pop is None:  # the first generation: ranked, all kept
+            self._pop = _survive(np.asarray(X, np.float64), F, cv, len(X), self._rng)
+        else:
+            p = self._pop
+            self._pop = _survive(np.vstack([p.X, X]), np.vstack([p.F, F]),
+                                 np.concatenate([p.cv, cv]), self._size, self._rng)
         self._pending = None
+
+
+def _violation(G: F64) -> F64:
+    """pymoo's constraint violation: the sum of the positive parts of ``G`` (0 = feasible)."""
+    G = np.asarray(G, dtype=np.float64)
+    return np.clip(G, 0.0, None).sum(axis=1) if G.size else np.zeros(len(G))

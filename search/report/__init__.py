@@ -7,8 +7,8 @@ report (one folder) or a page comparing several runs.
 
 from __future__ import annotations
 
+from search.report._compare import ReportError
 from search.report._compare_page import write_comparison
-from search.report._load import ReportError
 from search.report._page import write_report
 
 __all__ = ["ReportError", "write_comparison", "write_report"]

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from search.report._compare_page import write_comparison
-from search.report._load import ReportError
 from search.report._page import write_report
+from search.rundir import RunFolderError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_drop=args.max_drop,
                 min_accuracy=args.min_accuracy,
             )
-    except ReportError as exc:
+    except RunFolderError as exc:  # ReportError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(written)

@@ -1,10 +1,13 @@
 """Records for comparing several runs: fronts on shared objectives, hypervolume, best points.
 
 Runs are compared on the objectives they all optimise (in the first run's
-order); the hypervolume of each run uses ONE reference point, the element-wise
-maximum of the runs' own reference points on those objectives, so the values
-are comparable. The "best point" of a run is its cheapest feasible point (main
-strategy, primary shared cost) whose val accuracy meets a common threshold.
+order). Each run's hypervolume is that of its main strategy's feasible points
+under the run-folder contract's definition (:mod:`search.rundir`) with ONE
+scale for all runs: ideal, nadir and reference over the union of the feasible
+trials of every strategy of every compared run, on the shared objectives. So
+the values are comparable, and a run compared with itself shows its
+summary.json value. The "best point" of a run is its cheapest feasible point
+(main strategy, primary shared cost) whose val accuracy meets a common threshold.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search.report._load import ReportError, Run
-from search.report._records import StrategyPoints, hypervolume, reference_point, strategy_points
+from search.report._records import StrategyPoints, strategy_points
+from search.rundir import HypervolumeScale, Run, RunFolderError, hypervolume_scale
 
-__all__ = ["BestPoint", "ComparisonInfo", "get_comparison_info", "shared_objectives"]
+__all__ = ["BestPoint", "ComparisonInfo", "ReportError", "get_comparison_info",
+           "shared_objectives"]
+
+
+class ReportError(RunFolderError):
+    """Run folders that cannot be reported on or compared together (one line, with the fix)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,8 +46,7 @@ class ComparisonInfo:
     labels: tuple[str, ...]
     objectives: tuple[str, ...]
     cost: str
-    reference: np.ndarray
-    reference_source: str
+    scale: HypervolumeScale | None  # common to all runs (None: nothing feasible in any run)
     points: tuple[StrategyPoints, ...]  # each run's main strategy on the shared objectives
     hypervolume: tuple[float, ...]
     min_accuracy: float
@@ -100,7 +107,7 @@ def _threshold(runs: list[Run], max_drop: float, min_accuracy: float | None) -> 
 def get_comparison_info(
     runs: list[Run], *, max_drop: float = 0.01, min_accuracy: float | None = None
 ) -> ComparisonInfo:
-    """Fronts, hypervolumes on a common reference and best points of several runs."""
+    """Fronts, hypervolumes on one common scale and best points of several runs."""
     if not runs:
         raise ReportError("no runs to compare; pass at least one run folder")
     objectives = shared_objectives(runs)
@@ -112,7 +119,7 @@ def get_comparison_info(
     for run, p in zip(runs, points, strict=True):
         if not len(p.trial):
             raise ReportError(f"{run.path}: no trials of its main strategy {run.strategy!r}")
-    reference = np.max([reference_point(r, objectives)[0] for r in runs], axis=0)
+    scale = hypervolume_scale([r.trials for r in runs], objectives)
     threshold, rule = _threshold(runs, max_drop, min_accuracy)
     labels = _unique_labels(runs)
     best = []
@@ -133,10 +140,11 @@ def get_comparison_info(
         labels=labels,
         objectives=objectives,
         cost=cost,
-        reference=reference,
-        reference_source="element-wise max of the runs' reference points on the shared objectives",
+        scale=scale,
         points=points,
-        hypervolume=tuple(hypervolume(p.values[p.front], reference) for p in points),
+        hypervolume=tuple(
+            scale.hypervolume(p.values[p.feasible]) if scale is not None else 0.0 for p in points
+        ),
         min_accuracy=threshold,
         accuracy_rule=rule,
         best=tuple(best),

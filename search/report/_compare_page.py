@@ -15,9 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from search.report._compare import ComparisonInfo, get_comparison_info
-from search.report._figures import STRATEGY_COLOURS, label
+from search.report._figures import HV_AXIS, STRATEGY_COLOURS, label, scale_text
 from search.report._html import FigureEmbedder, page, table_html
-from search.report._load import load_run
+from search.rundir import load_run
 
 __all__ = ["comparison_figure", "hypervolume_bar_figure", "render_comparison", "write_comparison"]
 
@@ -91,7 +91,7 @@ def comparison_figure(info: ComparisonInfo) -> go.Figure:
 
 
 def hypervolume_bar_figure(info: ComparisonInfo) -> go.Figure:
-    """Final hypervolume of each run's main strategy against the common reference."""
+    """Final hypervolume of each run's main strategy on the common scale."""
     fig = go.Figure(
         go.Bar(
             x=list(info.labels),
@@ -101,12 +101,11 @@ def hypervolume_bar_figure(info: ComparisonInfo) -> go.Figure:
             textposition="outside",
         )
     )
-    ref = ", ".join(f"{o} = {v:.6g}" for o, v in zip(info.objectives, info.reference, strict=True))
     fig.update_layout(
         template="plotly_white",
         height=420,
-        title=f"Hypervolume, common reference r = ({ref})",
-        yaxis={"title": "hypervolume of objectives / r"},
+        title="Hypervolume of each run's main strategy, one scale for all runs",
+        yaxis={"title": HV_AXIS},
     )
     return fig
 
@@ -147,8 +146,10 @@ def render_comparison(info: ComparisonInfo, *, folders: Sequence[Path]) -> str:
             "<h2>Hypervolume</h2>",
             embed(hypervolume_bar_figure(info), div_id="eenn-compare-hv"),
             '<p class="note">pymoo.indicators.hv.HV of each run\'s feasible main-strategy points '
-            "on the shared objectives, each divided by the common reference point r "
-            f"({html.escape(info.reference_source)}).</p>",
+            "on the shared objectives, as defined in search/rundir.py, with one scale for all "
+            "runs: ideal and nadir over the feasible points of every strategy of every compared "
+            "run, reference 1.1 in every scaled objective. Scale: "
+            f"{html.escape(scale_text(info.scale))}.</p>",
             table_html(hv_rows, table_id="eenn-compare-hv-table"),
             "<h2>Best point per run</h2>",
             f'<p class="note">Cheapest feasible point (by {html.escape(info.cost)}) with '

@@ -19,9 +19,10 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from evaluators.eenn import EENNConfig
-from search.report._load import Run, parse_config
+from search.rundir import Run, config_from_json
 
 __all__ = [
+    "OBJECTIVE_LABELS",
     "DeviceMapping",
     "ExitDistribution",
     "ExitMark",
@@ -31,6 +32,14 @@ __all__ = [
     "device_mapping",
     "exit_distribution",
 ]
+
+#: Axis label of each objective name; ``error`` is always shown as accuracy.
+OBJECTIVE_LABELS: dict[str, str] = {
+    "error": "accuracy (val)",
+    "macs": "MACs per sample",
+    "energy": "energy per sample (J)",
+    "latency": "latency per sample (s)",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +119,7 @@ def _candidate_name(run: Run, index: int) -> str:
 def exit_distribution(run: Run, row: pd.Series) -> ExitDistribution:
     """Exit shares and per-exit accuracy of one trial (columns exit_fractions / exit_accuracy)."""
     trial = int(row["trial"])
-    config = parse_config(str(row["config"]), where=f"{run.path} trial {trial}")
+    config = config_from_json(str(row["config"]), where=f"{run.path} trial {trial}")
     fractions = _json_list(row.get("exit_fractions"))
     accuracy = _json_list(row.get("exit_accuracy"))
     labels = [
@@ -191,7 +200,7 @@ def _links(run: Run, config: EENNConfig, starts: NDArray[np.float64]) -> tuple[L
 def device_mapping(run: Run, row: pd.Series) -> DeviceMapping:
     """Segments coloured by device, active exits and per-link bytes of one trial."""
     trial = int(row["trial"])
-    config = parse_config(str(row["config"]), where=f"{run.path} trial {trial}")
+    config = config_from_json(str(row["config"]), where=f"{run.path} trial {trial}")
     macs = segment_macs(run)
     starts = np.concatenate([[0.0], np.cumsum(macs)[:-1]])
     names = [*run.candidate_names, "classifier"][: len(macs)]
@@ -239,10 +248,10 @@ def describe_config(run: Run, config: EENNConfig) -> str:
         )
         or "none"
     )
-    n_seg = len(run.candidate_names) + 1
+    devices = [config.device_of_segment(s) for s in range(len(run.candidate_names) + 1)]
     parts = []
     for d, name in enumerate(run.device_names or ("device0",)):
-        segs = [s for s in range(n_seg) if config.device_of_segment(s) == d]
+        segs = [s for s, on in enumerate(devices) if on == d]
         if segs:
             parts.append(
                 f"{name}: seg {segs[0]}-{segs[-1]}" if len(segs) > 1 else f"{name}: seg {segs[0]}"

@@ -7,19 +7,25 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from search.report._load import OBJECTIVE_LABELS
+from search.report._details import OBJECTIVE_LABELS
 from search.report._records import (
     HypervolumeInfo,
     ParetoFrontInfo,
     StrategyPoints,
 )
+from search.rundir import HypervolumeScale
 
 __all__ = [
+    "HV_AXIS",
     "hypervolume_figure",
     "matrix_figure",
     "pareto_figure",
+    "scale_text",
     "three_d_figure",
 ]
+
+#: The hypervolume axis title (definition: search.rundir's module docstring).
+HV_AXIS = "hypervolume (objectives scaled to [0, 1], reference 1.1)"
 
 STRATEGY_COLOURS = qualitative.D3
 DEVICE_COLOURS = qualitative.Set2
@@ -28,6 +34,16 @@ LAYOUT = {"template": "plotly_white", "margin": {"l": 70, "r": 30, "t": 50, "b":
 
 def label(objective: str) -> str:
     return OBJECTIVE_LABELS.get(objective, objective)
+
+
+def scale_text(scale: HypervolumeScale | None) -> str:
+    """The scale in raw units: ideal, nadir and reference point per objective."""
+    if scale is None:
+        return "no feasible point, so no scale: every hypervolume is 0"
+    rows = zip(scale.objectives, scale.ideal, scale.nadir, scale.reference, strict=True)
+    return "; ".join(
+        f"{o}: ideal {i:.6g}, nadir {n:.6g}, reference {r:.6g}" for o, i, n, r in rows
+    )
 
 
 def fmt_bytes(n_bytes: float | None) -> str:
@@ -268,12 +284,11 @@ def hypervolume_figure(info: HypervolumeInfo) -> go.Figure:
                 line={"color": STRATEGY_COLOURS[k % 10], "shape": "hv"},
             )
         )
-    ref = ", ".join(f"{o}={v:.4g}" for o, v in zip(info.objectives, info.reference, strict=True))
     fig.update_layout(
         **LAYOUT,
         height=420,
-        title=f"Search progress: hypervolume per strategy (r = {ref})",
+        title="Search progress: hypervolume of the feasible points per strategy",
         xaxis={"title": "evaluations of the strategy"},
-        yaxis={"title": "hypervolume of objectives / r"},
+        yaxis={"title": HV_AXIS},
     )
     return fig

@@ -18,9 +18,14 @@ import pandas as pd
 import yaml
 
 from search.report._details import device_mapping, exit_distribution
-from search.report._figures import hypervolume_figure, matrix_figure, pareto_figure, three_d_figure
+from search.report._figures import (
+    hypervolume_figure,
+    matrix_figure,
+    pareto_figure,
+    scale_text,
+    three_d_figure,
+)
 from search.report._html import FigureEmbedder, page, script_json, table_html
-from search.report._load import Run, load_run
 from search.report._point_figures import exit_figure, mapping_figure, predicted_figure
 from search.report._records import (
     HypervolumeInfo,
@@ -30,6 +35,7 @@ from search.report._records import (
     get_predicted_measured,
     pareto_table,
 )
+from search.rundir import REPORT, Run, load_run
 
 __all__ = ["MAX_SELECTABLE", "selectable_trials", "write_report"]
 
@@ -158,12 +164,15 @@ def _details_section(
 
 
 def _hv_note(hv: HypervolumeInfo) -> str:
-    ref = ", ".join(f"{o} = {v:.6g}" for o, v in zip(hv.objectives, hv.reference, strict=True))
+    final = ", ".join(
+        f"{c.strategy} {c.hypervolume[-1]:.6g}" for c in hv.curves if len(c.hypervolume)
+    )
     return (
         '<p class="note">Hypervolume (pymoo.indicators.hv.HV) of the feasible points evaluated '
-        f"so far. Each objective is divided by the reference point r ({ref}; source: "
-        f"{hv.reference_source}), so r becomes (1, ..., 1) and the value is the share of the box "
-        "[0, r] the points dominate.</p>"
+        "so far, as defined in search/rundir.py (the values in summary.json): each objective is "
+        "scaled to [0, 1] by the ideal and nadir of the run's feasible points (all strategies), "
+        f"against the reference 1.1 in every objective. Scale: {html.escape(scale_text(hv.scale))}"
+        f". Final: {html.escape(final)}.</p>"
     )
 
 
@@ -209,6 +218,6 @@ def render_report(run: Run) -> str:
 def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
     """Write ``report.html`` (or ``out``) for the run folder ``run_dir`` and return its path."""
     run = load_run(Path(run_dir))
-    target = Path(out) if out is not None else run.path / "report.html"
+    target = Path(out) if out is not None else run.path / REPORT
     target.write_text(render_report(run), encoding="utf-8")
     return target

@@ -1,12 +1,10 @@
 """Compute first, then draw: plain records of a run's fronts, hypervolume and tables.
 
-Fronts are recomputed here (pymoo's non-dominated sorting over the ``obj_*``
-columns of feasible rows, per strategy) rather than trusted from the ``pareto``
-column, so the report also checks the writer. Hypervolume is pymoo's
-``HV`` on objectives divided by a reference point (so the reference becomes
-``(1, ..., 1)`` and the value is the share of the box ``[0, r]`` that the
-points dominate); the reference is ``summary.json``'s ``hypervolume_reference``
-when it is usable, else 1.1 x the largest feasible value of each objective.
+Fronts and hypervolumes are the run-folder contract's (:mod:`search.rundir`):
+a strategy's front is :func:`~search.rundir.front_mask` of its rows on the
+run's objectives (so it equals the ``pareto`` column the writer stored), and
+the progress curve is :func:`~search.rundir.hypervolume_curve` on the run's
+:func:`~search.rundir.hypervolume_scale`, so its last value is summary.json's.
 """
 
 from __future__ import annotations
@@ -17,11 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from pymoo.indicators.hv import HV
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from search.report._details import describe_config
-from search.report._load import OBJECTIVE_LABELS, Run, parse_config
+from search.report._details import OBJECTIVE_LABELS, describe_config
+from search.rundir import (
+    HypervolumeScale,
+    Run,
+    config_from_json,
+    front_mask,
+    hypervolume_curve,
+    hypervolume_scale,
+)
 
 __all__ = [
     "BackboneRef",
@@ -33,11 +36,9 @@ __all__ = [
     "get_hypervolume_info",
     "get_pareto_front_info",
     "get_predicted_measured",
-    "hypervolume",
-    "non_dominated",
     "pareto_table",
     "primary_cost",
-    "reference_point",
+    "strategy_points",
 ]
 
 
@@ -87,9 +88,10 @@ class HypervolumeCurve:
 
 @dataclass(frozen=True, kw_only=True)
 class HypervolumeInfo:
+    """The run's hypervolume scale (None: nothing feasible) and each strategy's curve."""
+
     objectives: tuple[str, ...]
-    reference: NDArray[np.float64]
-    reference_source: str
+    scale: HypervolumeScale | None
     curves: tuple[HypervolumeCurve, ...]
 
 
@@ -112,21 +114,6 @@ def primary_cost(objectives: tuple[str, ...]) -> str:
 
 def _cost_column(run: Run, cost: str) -> str:
     return f"obj_{cost}" if f"obj_{cost}" in run.trials.columns else cost
-
-
-def non_dominated(values: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Mask of the rows of ``values`` (minimised) that no other row dominates (pymoo NDS)."""
-    mask = np.zeros(len(values), dtype=bool)
-    if len(values):
-        mask[NonDominatedSorting().do(values, only_non_dominated_front=True)] = True
-    return mask
-
-
-def _front_mask(values: NDArray[np.float64], feasible: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    mask = np.zeros(len(values), dtype=bool)
-    idx = np.flatnonzero(feasible)
-    mask[idx[non_dominated(values[idx])]] = True
-    return mask
 
 
 def _backbone_refs(run: Run, objectives: tuple[str, ...]) -> tuple[BackboneRef, ...]:
@@ -159,19 +146,19 @@ def _backbone_refs(run: Run, objectives: tuple[str, ...]) -> tuple[BackboneRef, 
 
 
 def _hover(run: Run, rows: pd.DataFrame, objectives: tuple[str, ...]) -> tuple[str, ...]:
+    costs = [o for o in objectives if o != "error"]
+    labels = [OBJECTIVE_LABELS.get(o, o) for o in costs]
+    values = zip(*(rows[f"obj_{o}"].tolist() for o in costs), strict=True) if costs else \
+        iter([()] * len(rows))
     out = []
-    for _, row in rows.iterrows():
-        config = parse_config(str(row["config"]), where=f"{run.path} trial {row['trial']}")
-        figs = "<br>".join(
-            f"{OBJECTIVE_LABELS.get(o, o)}: {row[f'obj_{o}']:.4g}"
-            for o in objectives
-            if o != "error"
-        )
-        state = "feasible" if row["feasible"] else "infeasible"
-        out.append(
-            f"trial {int(row['trial'])} ({row['strategy']}, {state})<br>"
-            f"accuracy: {float(row['accuracy']):.4f}<br>{figs}<br>{describe_config(run, config)}"
-        )
+    for trial, strategy, ok, acc, text, vals in zip(
+            rows["trial"].tolist(), rows["strategy"].tolist(), rows["feasible"].tolist(),
+            rows["accuracy"].tolist(), rows["config"].tolist(), values, strict=True):
+        config = config_from_json(str(text), where=f"{run.path} trial {trial}")
+        figs = "<br>".join(f"{label}: {v:.4g}" for label, v in zip(labels, vals, strict=True))
+        state = "feasible" if ok else "infeasible"
+        out.append(f"trial {int(trial)} ({strategy}, {state})<br>"
+                   f"accuracy: {float(acc):.4f}<br>{figs}<br>{describe_config(run, config)}")
     return tuple(out)
 
 
@@ -190,8 +177,8 @@ def strategy_points(
         cost=cost_values,
         values=values,
         feasible=feasible,
-        front=_front_mask(values, feasible),
-        front_2d=_front_mask(np.column_stack([cost_values, -accuracy]), feasible),
+        front=front_mask(values, feasible),
+        front_2d=front_mask(np.column_stack([cost_values, -accuracy]), feasible),
         hover=_hover(run, rows, objectives),
     )
 
@@ -221,60 +208,18 @@ def get_pareto_front_info(run: Run) -> ParetoFrontInfo:
     )
 
 
-def reference_point(run: Run, objectives: tuple[str, ...]) -> tuple[NDArray[np.float64], str]:
-    """The run's hypervolume reference on ``objectives`` and where it came from."""
-    given = run.summary.get("hypervolume_reference")
-    names = run.objectives
-    if (
-        given is not None
-        and len(given) == len(names)
-        and all(v is not None and float(v) > 0 and math.isfinite(float(v)) for v in given)
-    ):
-        by_name = dict(zip(names, (float(v) for v in given), strict=True))
-        if all(o in by_name for o in objectives):
-            return np.asarray(
-                [by_name[o] for o in objectives]
-            ), "summary.json hypervolume_reference"
-    feasible = run.trials[run.trials["feasible"]]
-    data = feasible if len(feasible) else run.trials
-    worst = data[[f"obj_{o}" for o in objectives]].to_numpy(dtype=np.float64).max(axis=0)
-    worst = np.where(worst > 0, worst, 1.0)
-    return 1.1 * worst, "1.1 x the largest feasible value of each objective"
-
-
-def hypervolume(values: NDArray[np.float64], reference: NDArray[np.float64]) -> float:
-    """pymoo hypervolume of ``values / reference`` against ``(1, ..., 1)``; 0 for no points."""
-    if len(values) == 0:
-        return 0.0
-    return float(HV(ref_point=np.ones(len(reference)))(values / reference))
-
-
-def _curve(points: StrategyPoints, reference: NDArray[np.float64]) -> HypervolumeCurve:
-    """Hypervolume after each evaluation, recomputed only when the running front changes."""
-    front = np.empty((0, points.values.shape[1]))
-    current = 0.0
-    hv = np.zeros(len(points.trial))
-    for i, (f, ok) in enumerate(zip(points.values, points.feasible, strict=True)):
-        if ok and not np.any(np.all(front <= f, axis=1)):
-            front = np.vstack([front[~np.all(f <= front, axis=1)], f])
-            current = hypervolume(front, reference)
-        hv[i] = current
-    return HypervolumeCurve(
-        strategy=points.strategy,
-        evaluations=np.arange(1, len(hv) + 1, dtype=np.int64),
-        hypervolume=hv,
-    )
-
-
 def get_hypervolume_info(run: Run, front: ParetoFrontInfo) -> HypervolumeInfo:
-    """Hypervolume against the number of evaluations, per strategy, on a common reference."""
-    reference, source = reference_point(run, front.objectives)
-    return HypervolumeInfo(
-        objectives=front.objectives,
-        reference=reference,
-        reference_source=source,
-        curves=tuple(_curve(p, reference) for p in front.strategies),
+    """Hypervolume against the number of evaluations, per strategy, on the run's scale."""
+    scale = hypervolume_scale([run.trials], front.objectives)
+    curves = tuple(
+        HypervolumeCurve(
+            strategy=p.strategy,
+            evaluations=np.arange(1, len(p.trial) + 1, dtype=np.int64),
+            hypervolume=hypervolume_curve(p.values, p.feasible, scale),
+        )
+        for p in front.strategies
     )
+    return HypervolumeInfo(objectives=front.objectives, scale=scale, curves=curves)
 
 
 def pareto_table(run: Run, front: ParetoFrontInfo) -> pd.DataFrame:
@@ -283,7 +228,9 @@ def pareto_table(run: Run, front: ParetoFrontInfo) -> pd.DataFrame:
     for points in front.strategies:
         for i in np.flatnonzero(points.front):
             row = run.trials[run.trials["trial"] == points.trial[i]].iloc[0]
-            config = parse_config(str(row["config"]), where=f"{run.path} trial {points.trial[i]}")
+            config = config_from_json(
+                str(row["config"]), where=f"{run.path} trial {points.trial[i]}"
+            )
             exits, devices = describe_config(run, config).split("<br>")
             record = {
                 "trial": int(points.trial[i]),

@@ -4,7 +4,8 @@ Costs are priced with the real cost model (evaluators.costs.path_costs) on a
 synthetic backbone and a three-device platform; accuracies and exit shares are
 random but consistent (overall accuracy = sum of share x exit accuracy). The
 ``pareto`` column is computed here with a plain O(n^2) loop, independently of
-the report's pymoo-based fronts, so tests can cross-check the two.
+search.rundir's pymoo-based fronts, so tests can cross-check the two.
+summary.json is written by search.rundir.write_summary (schema version first).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from evaluators.costs import BackboneCosts, path_costs
 from evaluators.eenn import EENNConfig, ExitChoice
 from evaluators.platform import Device, Link, Platform
+from search.rundir import hypervolume_summary, write_summary
 
 CANDIDATES = ("conv1", "pool1", "conv2", "pool2", "conv3")
 HEADS = ("linear", "mlp")
@@ -180,7 +182,7 @@ def trials_frame(
 
 
 def _summary(
-    frame: pd.DataFrame, objectives: Sequence[str], strategy: str, chosen: int, reference: bool
+    frame: pd.DataFrame, objectives: Sequence[str], strategy: str, chosen: int, hypervolume: bool
 ) -> dict[str, Any]:
     costs, plat = backbone_costs(), platform()
     cum = np.cumsum(costs.segment_macs)
@@ -225,9 +227,8 @@ def _summary(
         "chosen_trial": chosen,
         "input_shape": list(INPUT_SHAPE),
     }
-    if reference:
-        worst = frame[[f"obj_{o}" for o in objectives]].max().to_numpy()
-        summary["hypervolume_reference"] = [float(v) * 1.05 for v in worst]
+    if hypervolume:
+        summary.update(hypervolume_summary(frame, objectives))
     return summary
 
 
@@ -239,9 +240,12 @@ def write_fake_run(
     strategies: Sequence[str] = ("pymoo_nsga2", "random", "manual"),
     n_trials: int = 40,
     evaluated: bool = True,
-    reference: bool = True,
+    hypervolume: bool = True,
 ) -> Path:
-    """Write trials.parquet, pareto.csv, chosen.yaml, summary.json, config.yaml, evaluated.csv."""
+    """Write trials.parquet, pareto.csv, chosen.yaml, summary.json, config.yaml, evaluated.csv.
+
+    ``hypervolume=False`` leaves summary.json's hypervolume keys out (readers must not need them).
+    """
     path.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(seed=seed, objectives=objectives, strategies=strategies, n_trials=n_trials)
     main = frame[(frame["strategy"] == strategies[0]) & frame["feasible"]]
@@ -251,11 +255,8 @@ def write_fake_run(
     frame[frame["pareto"] & (frame["strategy"] == strategies[0])].to_csv(
         path / "pareto.csv", index=False
     )
-    (path / "summary.json").write_text(
-        json.dumps(
-            _summary(frame, objectives, strategies[0], int(chosen["trial"]), reference), indent=1
-        )
-    )
+    summary = _summary(frame, objectives, strategies[0], int(chosen["trial"]), hypervolume)
+    write_summary(path, summary)
     figures = {k: float(chosen[k]) for k in ("accuracy", "error", "macs", "energy_j", "latency_s")}
     (path / "chosen.yaml").write_text(
         yaml.safe_dump(
@@ -307,7 +308,6 @@ def write_custom_run(
     rows: Sequence[dict[str, Any]],
     *,
     objectives: Sequence[str] = ("error", "macs"),
-    reference: Sequence[float] | None = None,
     main: str = "pymoo_nsga2",
 ) -> Path:
     """Write a run folder whose trials are exactly ``rows`` (dicts: accuracy, obj_*, feasible...).
@@ -335,8 +335,5 @@ def write_custom_run(
         if column not in frame:
             frame[column] = frame.get(f"obj_{o}", 0.0)
     frame.to_parquet(path / "trials.parquet", index=False)
-    summary = _summary(frame, objectives, main, int(frame["trial"].iloc[0]), reference=False)
-    if reference is not None:
-        summary["hypervolume_reference"] = list(reference)
-    (path / "summary.json").write_text(json.dumps(summary))
+    write_summary(path, _summary(frame, objectives, main, int(frame["trial"].iloc[0]), True))
     return path

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from evaluators.proxy import ProxyEvaluator
+from evaluators.eenn import EENNConfig, ExitChoice
+from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator
+from search.backends import History, make_backend
 from search.loop import run_search
+from search.results import TrialLog, scores_to_records
+from search.rundir import config_from_json
 from spaces.space import build_space
 from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
 
@@ -87,25 +94,37 @@ def test_resume_counts_stored_trials(setup, tmp_path, backend) -> None:
         import optuna
 
         study = optuna.load_study(study_name=backend, storage=f"sqlite:///{tmp_path}/optuna.db")
-        assert len(study.trials) == 80
+        indices = [t.user_attrs["eenn_run"][1] for t in study.trials]
+        # every logged trial once, by its index in the run; repeats told but not logged (-1)
+        assert sorted(i for i in indices if i >= 0) == list(range(80))
 
 
-def test_interrupt_keeps_every_evaluated_trial(setup, tmp_path) -> None:
-    space, ev, tev = setup
-    calls = {"n": 0}
+def test_interrupt_keeps_every_evaluated_trial(setup, tmp_path, monkeypatch) -> None:
+    """Ctrl-C while the third generation is asked: both evaluated batches are on disk."""
+    from search import loop
+    from search.backends._pymoo import PymooNSGA2
 
-    class Interrupting(ProxyEvaluator):
-        def evaluate(self, configs):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return super().evaluate(configs)
+    asks, logged = {"n": 0}, {"n": 0}
+    ask, record = PymooNSGA2.ask, loop._Context.record
 
-    flaky = Interrupting(split=ev.split, costs=ev.costs, platform=ev.platform,
-                         threshold_grid=space.threshold_grid)
+    def counted(self, *args):
+        F, G, new = record(self, *args)
+        logged["n"] += int(new.sum())
+        return F, G, new
+
+    def interrupted(self, n):
+        asks["n"] += 1
+        if asks["n"] == 3:
+            raise KeyboardInterrupt
+        return ask(self, n)
+
+    monkeypatch.setattr(PymooNSGA2, "ask", interrupted)
+    monkeypatch.setattr(loop._Context, "record", counted)
     with pytest.raises(KeyboardInterrupt):
-        _search((space, flaky, tev), tmp_path)
-    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 40  # two batches of 20
+        _search(setup, tmp_path)
+    assert logged["n"] > 20  # two batches of 20, less repeats
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == logged["n"]
+    monkeypatch.setattr(PymooNSGA2, "ask", ask)
     res = _search(setup, tmp_path)
     assert (res.records["strategy"] == "pymoo_nsga2").sum() == 60
 
@@ -117,7 +136,7 @@ def test_no_feasible_point_says_why(setup, tmp_path) -> None:
                      objectives=["error", "latency"], constraints={**CONSTRAINTS,
                                                                    "max_latency_s": 1e-9},
                      seed=0, run_dir=tmp_path, progress=False)
-    assert "no feasible point" in res.message and "violates latency by" in res.message
+    assert "no feasible point" in res.message and "latency by" in res.message
     assert yaml.safe_load((tmp_path / "chosen.yaml").read_text())["feasible"] is False
 
 
@@ -149,3 +168,89 @@ def test_explicit_storage_is_used_directly(setup, tmp_path) -> None:
                 baselines=[], storage=url, study_name="shared")
     study = optuna.load_study(study_name="shared", storage=url)
     assert sum(t.state.is_finished() for t in study.trials) == 8
+
+
+def test_space_exhausted_ends_the_search_early(tmp_path) -> None:
+    """A space with fewer distinct EENNs than the budget: every one once, then the loop stops."""
+    val = synthetic_split(n=200, c=2, h=1, seed=0)
+    platform, costs = synthetic_platform(1), synthetic_costs(c=2, h=1, seed=1)
+    space = build_space({"max_exits": 1, "thresholds": {"mode": "uniform", "levels": 2}},
+                        val=val, platform=platform)
+    ev = ProxyEvaluator(split=val, costs=costs, platform=platform,
+                        threshold_grid=space.threshold_grid)
+    # no exit, or one exit at either candidate at level 0 (threshold 0: every sample leaves);
+    # at level 1 (threshold 1.0) no sample leaves, so that exit is dropped: no exit again
+    distinct = 3
+    for backend in ("pymoo_nsga2", "random"):
+        res = run_search(evaluator=ev, space=space,
+                         cfg_search={"backend": backend, "budget": 50, "population": 4,
+                                     "baselines": []},
+                         objectives=["error", "macs"], constraints=CONSTRAINTS, seed=0,
+                         run_dir=tmp_path / backend, progress=False)
+        configs = res.records["config"]
+        assert len(configs) == configs.nunique() == distinct
+
+
+def test_trial_log_writes_on_its_interval_and_at_the_end(setup, tmp_path) -> None:
+    space, ev, _ = setup
+    batch = space.batch(space.sample_matrix(10, np.random.default_rng(0)))
+    scores = ev.evaluate(batch)
+    F, G = scores.objectives(["error", "macs"]), scores.constraints(ConstraintSpec())
+
+    def rows(first):
+        return scores_to_records(batch=batch, scores=scores, F=F, G=G,
+                                 objectives=["error", "macs"],
+                                 constraint_names=["accuracy_drop", "memory"], strategy="s",
+                                 generation=0, first_trial=first, confidence=0.95)
+
+    log = TrialLog(tmp_path, objectives=["error", "macs"],
+                   constraint_names=["accuracy_drop", "memory"], interval_s=3600)
+    log.append(rows(0))
+    log.flush_if_due()
+    assert not (tmp_path / "trials.parquet").exists()  # not due yet
+    log.interval_s = 0.0
+    log.append(rows(10))
+    log.flush_if_due()
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 20
+    assert log.count("s") == 20 and log.next_trial == 20
+
+
+@pytest.mark.parametrize("inactive", ["keep", "canonical"])
+def test_inactive_genes_setting(setup, tmp_path, inactive) -> None:
+    """keep: evolving rows hold the genes of disabled exits; canonical: they are reset."""
+    space, ev, _ = setup
+    empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
+    backend = make_backend("pymoo_nsga2", space=space, seed=0, n_obj=2, n_constr=2,
+                           cfg={"population": 20, "inactive_genes": inactive},
+                           run_dir=tmp_path, history=empty)
+    spec = ConstraintSpec()
+    kept = 0
+    for _ in range(4):
+        X = backend.ask(20)
+        s = ev.evaluate(space.batch(space.repair_matrix(X)))
+        backend.tell(X, s.objectives(["error", "macs"]), s.constraints(spec))
+        off = X[:, 0:3 * C:3] == 0
+        kept += int(((X[:, 1:3 * C:3] != 0) & off).sum() + ((X[:, 2:3 * C:3] != 0) & off).sum())
+    assert (kept > 0) == (inactive == "keep")
+    with pytest.raises(ValueError, match="inactive_genes"):
+        make_backend("pymoo_nsga2", space=space, seed=0, n_obj=2, n_constr=2,
+                     cfg={"inactive_genes": "drop"}, run_dir=tmp_path, history=empty)
+
+
+def test_no_logged_trial_has_an_exit_no_val_sample_takes(setup, tmp_path) -> None:
+    _, ev, _ = setup
+    res = _search(setup, tmp_path)
+    for text, shares in zip(res.records["config"], res.records["exit_fractions"], strict=True):
+        cfg = config_from_json(text)
+        assert all(f > 0 for f in json.loads(shares)[:len(cfg.exits)]), text
+    # and the figures are those of the EENN without the idle exit
+    idle = EENNConfig(exits=(ExitChoice(candidate=0, head=0, threshold=2.0),
+                             ExitChoice(candidate=3, head=1, threshold=0.0)),
+                      boundaries=(C + 1, C + 1))
+    batch = ConfigBatch.from_configs([idle])
+    scores = ev.evaluate(batch)
+    assert scores.idle_exits(batch).tolist() == [[True, False]]
+    pruned = batch.without(scores.idle_exits(batch))
+    assert pruned.candidate.tolist() == [[3]]
+    again = ev.evaluate(pruned)
+    assert again.accuracy[0] == scores.accuracy[0] and again.macs[0] < scores.macs[0]

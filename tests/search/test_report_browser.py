@@ -324,7 +324,7 @@ def test_four_objective_report_without_optional_files(browser: Browser, tmp_path
         objectives=("error", "macs", "energy", "latency"),
         strategies=("optuna_tpe",),
         evaluated=False,
-        reference=False,
+        hypervolume=False,
     )
     session = open_page(browser, write_report(run))
     shot = screenshot(browser, session, "run_report_4obj", tmp_path)

@@ -14,10 +14,10 @@ import pytest
 from search.report import ReportError, write_comparison, write_report
 from search.report.__main__ import main
 from search.report._details import device_mapping, exit_distribution
-from search.report._load import load_run
 from search.report._page import selectable_trials
 from search.report._point_figures import exit_figure, mapping_figure
-from search.report._records import get_pareto_front_info, pareto_table
+from search.report._records import get_hypervolume_info, get_pareto_front_info, pareto_table
+from search.rundir import RunFolderError, load_run
 from tests.search import _fake_run as fake
 
 PLOTLY_BUNDLE = re.compile(r"plotly\.js v\d+\.\d+\.\d+")
@@ -101,7 +101,7 @@ def test_selection_state_matches_figure_traces(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("objectives", "strategies", "evaluated", "reference"),
+    ("objectives", "strategies", "evaluated", "hypervolume"),
     [
         (("error", "macs"), ("optuna_tpe",), False, False),
         (("error", "energy", "macs"), ("pymoo_nsga2", "random"), True, True),
@@ -114,7 +114,7 @@ def test_report_tolerates_optional_inputs(
     objectives: tuple[str, ...],
     strategies: tuple[str, ...],
     evaluated: bool,
-    reference: bool,
+    hypervolume: bool,
 ) -> None:
     run_dir = fake.write_fake_run(
         tmp_path / "run",
@@ -122,7 +122,7 @@ def test_report_tolerates_optional_inputs(
         objectives=objectives,
         strategies=strategies,
         evaluated=evaluated,
-        reference=reference,
+        hypervolume=hypervolume,
     )
     (run_dir / "chosen.yaml").unlink()
     text = write_report(run_dir).read_text()
@@ -131,7 +131,14 @@ def test_report_tolerates_optional_inputs(
         n_costs >= 2
     )
     assert ('id="eenn-measured"' in text) == evaluated
-    assert ("summary.json hypervolume_reference" in text) == reference
+    # the hypervolume note states the run's scale and final values whether or not summary.json
+    # holds them (the report computes them with search.rundir either way)
+    run = load_run(run_dir)
+    hv = get_hypervolume_info(run, get_pareto_front_info(run))
+    assert hv.scale is not None
+    assert f"{objectives[0]}: ideal {hv.scale.ideal[0]:.6g}" in text
+    final = ", ".join(f"{c.strategy} {c.hypervolume[-1]:.6g}" for c in hv.curves)
+    assert f"Final: {html.escape(final)}." in text
 
 
 def test_report_with_nothing_feasible_and_no_chosen_trial(tmp_path: Path) -> None:
@@ -174,16 +181,20 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "notarun").mkdir()
     assert main([str(a), str(tmp_path / "notarun")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "notarun is not a run folder: missing trials.parquet" in err
+    assert err.count("\n") == 1
+    assert "notarun is not a finished run folder: missing trials.parquet" in err
     c = fake.write_fake_run(tmp_path / "c", seed=2, objectives=("error", "energy"))
     assert main([str(a), str(c)]) == 2
     assert "share no cost objective" in capsys.readouterr().err
-    with pytest.raises(ReportError):
+    with pytest.raises(RunFolderError, match="not a finished run folder"):
         write_report(tmp_path / "notarun")
+    with pytest.raises(ReportError, match="share no cost objective"):
+        write_comparison([a, c], out=tmp_path / "never.html")
 
 
 def test_single_device_platform_without_links(tmp_path: Path) -> None:
-    exits = {"exits": [{"candidate": 0, "head": 0, "threshold": 0.9}], "boundaries": []}
+    exits = {"exits": [{"candidate": 0, "head": 0, "threshold": 0.9}], "boundaries": [],
+             "metric": "max_softmax"}
     rows = [
         {"obj_error": 0.1, "obj_macs": 100.0, "feasible": True, "config": json.dumps(exits),
          "exit_fractions": "[0.4, 0.6]", "exit_accuracy": "[0.9, null]"},

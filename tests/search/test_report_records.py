@@ -7,22 +7,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from evaluators.costs import path_costs
-from search.report._compare import get_comparison_info
+from search.report._compare import ReportError, get_comparison_info
 from search.report._details import device_mapping, exit_distribution
-from search.report._load import ReportError, load_run, parse_config
 from search.report._records import (
     get_hypervolume_info,
     get_pareto_front_info,
     get_predicted_measured,
-    hypervolume,
 )
+from search.rundir import RunFolderError, config_from_json, load_run
 from tests.search import _fake_run as fake
 
-# error, macs; reference (0.2, 1000). Trial 2 is dominated by 0; trial 3 is infeasible (it would
-# dominate); trial 5 belongs to the random strategy and must not count for the main front.
+# error, macs. Trial 2 is dominated by 0; trial 3 is infeasible (it would dominate); trial 5
+# belongs to the random strategy and must not count for the main front. Scale over the feasible
+# rows of both strategies: error 0.02..0.12 (span 0.1), macs 300..800 (span 500).
 HAND_ROWS = [
     {"obj_error": 0.10, "obj_macs": 500.0, "feasible": True},
     {"obj_error": 0.15, "obj_macs": 900.0, "feasible": False},
@@ -35,7 +36,7 @@ HAND_ROWS = [
 
 @pytest.fixture()
 def hand_run(tmp_path: Path) -> Path:
-    return Path(fake.write_custom_run(tmp_path / "hand", HAND_ROWS, reference=[0.2, 1000.0]))
+    return Path(fake.write_custom_run(tmp_path / "hand", HAND_ROWS))
 
 
 def test_front_of_hand_made_run(hand_run: Path) -> None:
@@ -54,19 +55,27 @@ def test_front_of_hand_made_run(hand_run: Path) -> None:
 def test_hypervolume_of_hand_made_run(hand_run: Path) -> None:
     run = load_run(hand_run)
     hv = get_hypervolume_info(run, get_pareto_front_info(run))
-    assert hv.reference_source == "summary.json hypervolume_reference"
+    assert hv.scale is not None
+    np.testing.assert_allclose(hv.scale.reference, [0.02 + 1.1 * 0.1, 300 + 1.1 * 500])
     main = hv.curves[0]
-    # normalised points (0.5, 0.5) then (0.25, 0.8): areas 0.25, then 0.25 + 0.15 - 0.1 = 0.3
-    np.testing.assert_allclose(main.hypervolume, [0.25, 0.25, 0.25, 0.25, 0.3])
+    # scaled: trial 0 (0.8, 0.4), trial 4 (0.3, 1.0), reference (1.1, 1.1):
+    # 0.3 * 0.7 = 0.21, then + 0.8 * 0.1 - 0.3 * 0.1 = 0.26
+    np.testing.assert_allclose(main.hypervolume, [0.21, 0.21, 0.21, 0.21, 0.26])
     assert main.evaluations.tolist() == [1, 2, 3, 4, 5]
-    np.testing.assert_allclose(hv.curves[1].hypervolume, [(1 - 0.1) * (1 - 0.3)])
+    np.testing.assert_allclose(hv.curves[1].hypervolume, [1.1 * 1.1])  # trial 5 is the ideal
+    assert run.summary["hypervolume"] == pytest.approx({"pymoo_nsga2": 0.26, "random": 1.21})
 
 
-def test_reference_fallback_when_summary_has_none(tmp_path: Path) -> None:
-    run = load_run(fake.write_custom_run(tmp_path / "noref", HAND_ROWS))
-    hv = get_hypervolume_info(run, get_pareto_front_info(run))
-    assert hv.reference_source.startswith("1.1 x the largest feasible value")
-    np.testing.assert_allclose(hv.reference, [1.1 * 0.12, 1.1 * 800.0])
+def test_report_hypervolume_does_not_need_the_summary(tmp_path: Path) -> None:
+    with_hv = load_run(fake.write_fake_run(tmp_path / "a", seed=5, evaluated=False))
+    without = load_run(
+        fake.write_fake_run(tmp_path / "b", seed=5, evaluated=False, hypervolume=False)
+    )
+    assert "hypervolume" in with_hv.summary and "hypervolume" not in without.summary
+    curves = [get_hypervolume_info(r, get_pareto_front_info(r)).curves for r in (with_hv, without)]
+    for a, b in zip(*curves, strict=True):
+        np.testing.assert_array_equal(a.hypervolume, b.hypervolume)
+        assert a.hypervolume[-1] == pytest.approx(with_hv.summary["hypervolume"][a.strategy])
 
 
 @pytest.mark.parametrize(
@@ -87,8 +96,10 @@ def test_fronts_and_hypervolume_agree_with_independent_checks(
             points.front, rows["pareto"].to_numpy()
         )  # fixture's O(n^2) loop
         assert np.all(np.diff(curve.hypervolume) >= 0)
+        assert hv.scale is not None
         feasible = points.values[points.feasible]
-        assert curve.hypervolume[-1] == pytest.approx(hypervolume(feasible, hv.reference))
+        assert curve.hypervolume[-1] == pytest.approx(hv.scale.hypervolume(feasible))
+        assert curve.hypervolume[-1] == pytest.approx(run.summary["hypervolume"][points.strategy])
     if len(objectives) == 2:
         np.testing.assert_array_equal(info.strategies[0].front, info.strategies[0].front_2d)
 
@@ -136,7 +147,7 @@ def test_device_mapping_matches_cost_model(tmp_path: Path, boundaries: tuple[int
     mapping = device_mapping(run, run.trials.iloc[0])
     costs = fake.backbone_costs()
     assert [s.macs for s in mapping.segments] == costs.segment_macs.tolist()
-    eenn = parse_config(json.dumps(config), where="test")
+    eenn = config_from_json(json.dumps(config), where="test")
     assert [s.device for s in mapping.segments] == [eenn.device_of_segment(j) for j in range(6)]
     assert mapping.exits[0].position == float(costs.segment_macs[:3].sum())
     assert [link.used for link in mapping.links] == [b <= 5 for b in boundaries]
@@ -191,16 +202,21 @@ def test_comparison_uses_common_reference_and_threshold(tmp_path: Path) -> None:
     )
     info = get_comparison_info([a, b], max_drop=0.03)
     assert info.objectives == ("error", "macs") and info.cost == "macs"
-    ref_a, ref_b = (np.asarray(r.summary["hypervolume_reference"]) for r in (a, b))
-    np.testing.assert_allclose(info.reference, np.maximum(ref_a, ref_b[[0, 2]]))
+    union = pd.concat([r.trials[r.trials["feasible"]][["obj_error", "obj_macs"]] for r in (a, b)])
+    assert info.scale is not None
+    np.testing.assert_array_equal(info.scale.ideal, union.min().to_numpy())
+    np.testing.assert_array_equal(info.scale.nadir, union.max().to_numpy())
     assert info.min_accuracy == pytest.approx(fake.BACKBONE_ACCURACY - 0.03)
     for run, hv, best in zip((a, b), info.hypervolume, info.best, strict=True):
         main = run.trials[run.trials["strategy"] == run.strategy]
         ok = main[main["feasible"] & (main["accuracy"] >= info.min_accuracy)]
         assert best.cost == pytest.approx(ok["obj_macs"].min())
         values = main[main["feasible"]][["obj_error", "obj_macs"]].to_numpy()
-        assert hv == pytest.approx(hypervolume(values, info.reference))
+        assert hv == pytest.approx(info.scale.hypervolume(values))
         assert best.backbone_accuracy == fake.BACKBONE_ACCURACY
+    # a run compared with itself is on its own scale: its summary.json value
+    alone = get_comparison_info([a, a], max_drop=0.03)
+    assert alone.hypervolume == pytest.approx((a.summary["hypervolume"][a.strategy],) * 2)
     strict = get_comparison_info([a, b], min_accuracy=0.9999)
     assert [p.trial for p in strict.best] == [None, None]
 
@@ -216,12 +232,13 @@ def test_comparison_without_shared_cost_is_one_line_error(tmp_path: Path) -> Non
 def test_not_a_run_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(
-        ReportError, match=r"empty is not a run folder: missing trials.parquet, summary.json"
+        RunFolderError,
+        match=r"empty is not a finished run folder: missing trials.parquet, summary.json",
     ):
         load_run(tmp_path / "empty")
-    with pytest.raises(ReportError, match=r"is not a folder"):
+    with pytest.raises(RunFolderError, match=r"nowhere does not exist"):
         load_run(tmp_path / "nowhere")
     run = fake.write_fake_run(tmp_path / "broken", seed=0)
     (run / "summary.json").write_text(json.dumps({"objectives": ["error", "latency"]}))
-    with pytest.raises(ReportError, match=r"lacks columns \['obj_latency'\]"):
+    with pytest.raises(RunFolderError, match=r"lacks columns \['obj_latency'\]"):
         load_run(run)

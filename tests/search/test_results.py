@@ -1,4 +1,4 @@
-"""Results writing: config JSON, Pareto flags, choice, pymoo hypervolume, bad files."""
+"""Results writing: Pareto flags in trials.parquet, choice, hypervolume per strategy, bad files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import pandas as pd
 import pytest
 
 from evaluators.eenn import EENNConfig, ExitChoice
-from search.results import (
-    TrialLog,
-    choose,
-    config_from_json,
-    config_to_json,
-    hypervolumes,
-)
+from search.results import TrialLog, choose
+from search.rundir import config_from_json, config_to_json, hypervolumes
 
 
 def _frame(points, strategy="s", feasible=None) -> pd.DataFrame:
@@ -61,3 +56,37 @@ def test_corrupt_trials_file_is_one_line_error(tmp_path) -> None:
     (tmp_path / "trials.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="unreadable"):
         TrialLog(tmp_path, objectives=["error"], constraint_names=[])
+
+
+def test_batch_json_is_the_config_json() -> None:
+    """The loop's fast per-batch text equals config_to_json, so readers see one format."""
+    import numpy as np
+
+    from evaluators.proxy import ConfigBatch
+    from search.rundir import batch_to_json
+
+    rng = np.random.default_rng(0)
+    configs = [EENNConfig(exits=tuple(ExitChoice(candidate=int(c), head=int(rng.integers(3)),
+                                                 threshold=float(rng.random()))
+                                      for c in sorted(rng.choice(6, int(rng.integers(0, 4)),
+                                                                 replace=False))),
+                          boundaries=(1, int(rng.integers(1, 7))), metric="margin")
+               for _ in range(50)]
+    assert batch_to_json(ConfigBatch.from_configs(configs)) == [config_to_json(c)
+                                                                 for c in configs]
+
+
+def test_chosen_point_is_on_its_own_front() -> None:
+    """Equal primary cost and error: the point with worse energy is dominated and not chosen."""
+    df = pd.DataFrame({
+        "trial": [0, 1, 2], "strategy": "s", "feasible": True, "cv_memory": 0.0,
+        "obj_error": [0.1, 0.1, 0.05], "obj_macs": [2.0, 2.0, 3.0],
+        "obj_energy": [5.0, 3.0, 9.0],
+    })
+    df["error"] = df["obj_error"]
+    row, msg = choose(df, ["error", "macs", "energy"], "s")
+    assert msg == "" and row["trial"] == 1  # trial 0 ties on macs and error, loses on energy
+    # mutually non-dominated and equally cheap: the next objective in order (error) decides
+    tie = df.assign(obj_error=[0.1, 0.2, 0.05], obj_energy=[3.0, 1.0, 9.0])
+    row, _ = choose(tie, ["error", "macs", "energy"], "s")
+    assert row["trial"] == 0

@@ -168,3 +168,23 @@ def test_quantile_thresholds_sit_between_val_samples(val) -> None:
                 row = conf[c, h]
                 np.testing.assert_array_equal(row >= thr, row >= quantile[c, h, lvl])
                 assert not np.any(row == thr) or thr == row.min()
+
+
+def test_population_repair_matches_row_by_row(val) -> None:
+    """Repairing a population at once gives each row what repairing it alone gives."""
+    space = _space(val, metric="search", max_exits=2)
+    rng = np.random.default_rng(4)
+    genomes = [_noisy_genome(space, rng) for _ in range(300)]
+    X = space.repair_matrix(space.to_matrix(genomes))
+    assert [space.repair(g) for g in genomes] == space.to_genomes(X)
+    assert space.keys(space.repair_matrix(X)) == space.keys(X)  # idempotent
+    assert [space.decode(g) for g in genomes] == space.configs(X)
+    assert (X[:, 0:3 * C:3].sum(axis=1) <= 2).all()  # over max_exits: some exits dropped
+
+
+def test_equal_threshold_levels_collapse_to_the_first(val) -> None:
+    grid = np.broadcast_to(np.array([0.1, 0.5, 0.5, 0.5, 0.9]), (C, H, 5)).copy()
+    space = EarlyExitSpace(n_candidates=C, n_heads=H, n_devices=3, max_exits=C,
+                           metrics=("max_softmax",), threshold_grid={"max_softmax": grid})
+    g = {**space.sample(1, np.random.default_rng(0))[0], "on0": True, "thr0": 3}
+    assert space.repair(g)["thr0"] == 1

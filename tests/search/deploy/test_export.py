@@ -14,10 +14,10 @@ from evaluators.costs import path_costs
 from evaluators.eenn import METRICS, EENNConfig, ExitChoice
 from evaluators.features import pool_features
 from evaluators.tables import exit_scores
-from search._onnx_runner import numpy_scores, run_manifest
-from search.export import _MatrixPool, export_eenn, verify_runner
-from search.runtime import build_eenn, run_dataset
-from tests.search._eenn_fixture import gap_threshold, setup
+from search.deploy._onnx_runner import numpy_scores, run_manifest
+from search.deploy.export import _MatrixPool, export_eenn, verify_runner
+from search.deploy.runtime import build_eenn, run_dataset
+from tests.search.deploy._eenn_fixture import gap_threshold, setup
 
 
 def _config() -> EENNConfig:
@@ -141,7 +141,7 @@ def test_int8_export_quantises_the_int8_devices_only(exported: tuple[Path, dict,
                                                      ) -> None:
     import onnx
 
-    from search._quantize import agreement, quantize_manifest
+    from search.deploy._quantize import agreement, quantize_manifest
 
     path, manifest, _ = exported
     s = setup()
@@ -171,7 +171,7 @@ def test_int8_export_quantises_the_int8_devices_only(exported: tuple[Path, dict,
 
 def test_int8_failure_is_one_export_error_and_keeps_float32(
         exported: tuple[Path, dict, EENNConfig], monkeypatch: pytest.MonkeyPatch) -> None:
-    import search.export as export
+    import search.deploy.export as export
 
     path, _, _ = exported
 

@@ -1,4 +1,5 @@
-"""``python -m search.evaluate``: point selection, the proxy's exit rule, errors, end to end."""
+"""``python -m search.deploy.evaluate`` (and export on a real run): point selection, the
+proxy's exit rule, errors, end to end."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from rich.console import Console
 
 from evaluators.eenn import EENNConfig, ExitChoice
 from evaluators.proxy import ProxyEvaluator
-from search.evaluate import EVALUATED, evaluate_run, load_run, main, predicted_exits, select_trials
-from search.export import main as export_main
+from search.deploy.evaluate import (
+    EVALUATED,
+    evaluate_run,
+    load_run,
+    main,
+    predicted_exits,
+    select_trials,
+)
+from search.deploy.export import main as export_main
 from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
 from tests.search._datasets import shared_cache
 
@@ -137,10 +147,31 @@ def test_points_run_for_real_as_the_proxy_predicted(tiny_run: Path) -> None:
                                tie_free["predicted_accuracy_test"], atol=0)
 
 
+def _mixed_precision_point(run_dir: Path) -> str:
+    """``chosen`` if its stages sit on the 8-bit device 0 and on a float device, else the
+    first trial that does (boundary ``b`` starts device 1 at segment ``b``: 1 <= b <= C)."""
+    n_cand = len(json.loads((run_dir / "summary.json").read_text())["candidates"])
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    mixed = [int(t) for t, c in zip(trials["trial"], trials["config"], strict=True)
+             if 1 <= json.loads(c)["boundaries"][0] <= n_cand]
+    assert mixed, "no trial runs on both the 8-bit MCU and a float device"
+    chosen = (yaml.safe_load((run_dir / "chosen.yaml").read_text()) or {}).get("trial")
+    return "chosen" if chosen in mixed else str(mixed[0])
+
+
+def _qdq_ops_and_int8_weights(path: Path) -> tuple[set[str], int]:
+    """The graph's QuantizeLinear/DequantizeLinear op types and its int8 initialisers."""
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node} & {"QuantizeLinear", "DequantizeLinear"}
+    return ops, sum(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+
+
 @pytest.mark.slow
-def test_chosen_point_exports_and_replays(tiny_run: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert export_main([str(tiny_run), "--out", str(tmp_path / "x"), "--int8"]) == 0
+def test_a_point_exports_replays_and_quantises_only_its_8_bit_stages(
+        tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    point = _mixed_precision_point(tiny_run)
+    assert export_main([str(tiny_run), "--point", point, "--out", str(tmp_path / "x"),
+                        "--int8"]) == 0
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     check = manifest["verification_test"]
     assert check["samples"] == 200 and check["prediction_mismatches"] == 0
@@ -149,7 +180,17 @@ def test_chosen_point_exports_and_replays(tiny_run: Path, tmp_path: Path,
     assert "manifest:" in out and "same prediction" in out
     int8 = json.loads((tmp_path / "x" / "manifest_int8.json").read_text())
     assert int8["verification_test"]["samples"] == 200
-    assert {st["precision"] for st in int8["stages"]} <= {"int8", "float32"}
+    bits = {d["index"]: d["activation_bits"] for d in int8["devices"]}
+    on_8_bit = [bits[st["device"]] <= 8 for st in int8["stages"]]
+    assert any(on_8_bit) and not all(on_8_bit)  # both kinds, so both branches are checked
+    for st, fp, quantised in zip(int8["stages"], manifest["stages"], on_8_bit, strict=True):
+        ops, int8_weights = _qdq_ops_and_int8_weights(tmp_path / "x" / st["file"])
+        if quantised:
+            assert st["precision"] == "int8" and st["file"] != fp["file"]
+            assert ops == {"QuantizeLinear", "DequantizeLinear"} and int8_weights > 0
+        else:
+            assert st["precision"] == "float32" and st["file"] == fp["file"]
+            assert not ops and int8_weights == 0
     assert "not in trials" in _cli_error(capsys, [str(tiny_run), "--point", "999999"], export_main)
 
 

@@ -11,10 +11,10 @@ from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig, ExitChoice
 from evaluators.graph import trace
 from evaluators.proxy import ProxyEvaluator
-from search.evaluate import compare_exits, predicted_exits
-from search.runtime import RuntimeBuildError, build_eenn, run_dataset, split_graph
+from search.deploy.evaluate import compare_exits, predicted_exits
+from search.deploy.runtime import RuntimeBuildError, build_eenn, run_dataset, split_graph
 from spaces.candidates import ExitCandidate
-from tests.search._eenn_fixture import configs, gap_threshold, setup, tie_threshold
+from tests.search.deploy._eenn_fixture import configs, gap_threshold, setup, tie_threshold
 
 
 def test_split_segments_compose_to_the_model_and_share_weights() -> None:
@@ -88,7 +88,7 @@ def test_the_fidelity_check_sees_a_single_sample_move() -> None:
 
 
 def test_thresholds_on_a_val_confidence_only_disagree_as_float_ties() -> None:
-    """The quantile grid's thresholds equal val confidences; only those samples may flip."""
+    """Thresholds equal to a val confidence (which the space avoids): only those samples flip."""
     s = setup()
     n_c = s.costs.n_candidates
     for metric, head in (("max_softmax", 1), ("margin", 0)):

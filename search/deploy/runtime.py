@@ -5,7 +5,7 @@ whose node names are the candidate names) at every active exit and every device
 boundary into sub-GraphModules that share the original weights. Each
 :class:`Stage` runs one such segment on one device and, if an exit sits at its
 end, that exit's head; it returns ``(activation, logits)`` and holds no
-decision, so it can be exported as is (:mod:`search.export`).
+decision, so it can be exported as is (:mod:`search.deploy.export`).
 
 :meth:`EENN.forward` does true early exit at any batch size: after each head,
 the samples whose confidence (:func:`evaluators.tables.exit_scores`, the
@@ -18,9 +18,12 @@ deep segments do not run on a batch's few survivors.
 Float32 CPU kernels (MKL/oneDNN GEMM and convolution) do not promise the same
 bits for a sample in batches of different size or layout: a head's confidence
 can differ from the table's in the last bit or two (~1e-8). A decision can only
-flip for a sample whose confidence sits within that noise of a threshold; the
-quantile threshold grid puts one val sample exactly on each threshold, so such
-ties exist. :func:`search.evaluate.compare_exits` reports them separately.
+flip for a sample whose confidence sits within that noise of a threshold. The
+space puts each threshold halfway between two neighbouring val confidences
+(``spaces._thresholds``), so on val that happens only where two val
+confidences are themselves that close; test samples, and thresholds written by
+hand, can sit anywhere. :func:`search.deploy.evaluate.compare_exits` counts such float32 ties
+apart from real mismatches.
 """
 
 from __future__ import annotations

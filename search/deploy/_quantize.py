@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from search._onnx_runner import RunnerOutput, run_manifest
+from search import rundir
+from search.deploy._onnx_runner import RunnerOutput, run_manifest
 
 __all__ = ["MANIFEST_INT8", "agreement", "quantize_manifest"]
 
-MANIFEST_INT8 = "manifest_int8.json"
+MANIFEST_INT8 = rundir.MANIFEST_INT8
 _CALIBRATION_BATCH = 64
 
 

@@ -1,18 +1,18 @@
 """Per-device ONNX export of a real EENN, a deployment manifest, and its check.
 
-``python -m search.export RUN [--point chosen|TRIAL] [--out DIR] [--int8]``
+``python -m search.deploy.export RUN [--point chosen|TRIAL] [--out DIR] [--int8]``
 
-Every :class:`search.runtime.Stage` (one backbone segment and, if an exit sits
+Every :class:`search.deploy.runtime.Stage` (one backbone segment and, if an exit sits
 at its end, that exit's head) becomes one ONNX graph; the manifest lists them
 per device in execution order. A device with two exits therefore holds two
 graphs: one graph per device would have to compute all of its segments before
 its first exit decision, which is not what the cost model prices. The decision
 itself stays outside the graphs (a graph outputs its head's logits and the
-activation to pass on); :mod:`search._onnx_runner` implements it in numpy.
+activation to pass on); :mod:`search.deploy._onnx_runner` implements it in numpy.
 Each graph is checked with onnxruntime against PyTorch on real inputs
 (max abs diff <= 1e-4, fp32); the runner then replays the EENN on test and must
 reproduce the PyTorch predictions and exits. ``--int8`` adds int8 graphs for the
-stages on int8 devices and ``manifest_int8.json`` (see :mod:`search._quantize`).
+stages on int8 devices and ``manifest_int8.json`` (see :mod:`search.deploy._quantize`).
 
 Heads pool their input with ``adaptive_avg_pool``, which the TorchScript ONNX
 exporter only supports for divisible sizes; the exported head pools with two
@@ -39,14 +39,15 @@ from evaluators.costs import BackboneCosts, device_memory, path_costs
 from evaluators.features import iter_batches, pooled_shape
 from evaluators.heads import ExitHead
 from evaluators.platform import Platform
-from search._onnx_runner import RunnerOutput, run_manifest
-from search._quantize import MANIFEST_INT8, agreement, quantize_manifest
-from search.runtime import EENN, Stage
+from search import rundir
+from search.deploy._onnx_runner import RunnerOutput, run_manifest
+from search.deploy._quantize import MANIFEST_INT8, agreement, quantize_manifest
+from search.deploy.runtime import EENN, Stage
 from spaces.candidates import ExitCandidate
 
-__all__ = ["ExportError", "ExportResult", "export_eenn", "main", "run_manifest"]
+__all__ = ["ExportError", "ExportResult", "export_eenn", "export_point", "main", "run_manifest"]
 
-MANIFEST = "manifest.json"
+MANIFEST = rundir.MANIFEST
 _TOLERANCE = 1e-4
 
 
@@ -313,7 +314,7 @@ def verify_runner(manifest_path: Path, eenn: EENN, x: Tensor) -> dict[str, Any]:
 
 def _verify(manifest_path: Path, eenn: EENN, x: Tensor) -> tuple[dict[str, Any], RunnerOutput]:
     """:func:`verify_runner`'s figures and the runner's own output (reused by ``--int8``)."""
-    from search.runtime import run_dataset
+    from search.deploy.runtime import run_dataset
 
     ref = run_dataset(eenn, torch.utils.data.TensorDataset(x, torch.zeros(len(x))))
     got: RunnerOutput = run_manifest(manifest_path, x.numpy())
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from search.errors import one_line_errors
 
-    parser = argparse.ArgumentParser(prog="python -m search.export",
+    parser = argparse.ArgumentParser(prog="python -m search.deploy.export",
                                      description="Export a run's point as per-device ONNX graphs.")
     parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
     parser.add_argument("--point", default="chosen", help="chosen (default) or a trial id")
@@ -358,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             q = int8["verification_test"]
             n_q = sum(st["precision"] == "int8" for st in int8["stages"])
             console.print(f"int8 ({result.out_dir / MANIFEST_INT8}): {n_q} of "
-                          f"{len(int8['stages'])} stages on 8-bit devices quantised; test "
+                          f"{len(int8['stages'])} stages quantised (those on 8-bit devices); test "
                           f"accuracy {q['accuracy_int8']:.4f} vs {q['accuracy_float32']:.4f} "
                           f"float32; same prediction {q['prediction_agreement']:.1%}, same exit "
                           f"{q['exit_agreement']:.1%}")
@@ -373,16 +374,15 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
     ``int8`` also quantises the stages of int8 devices (calibrated on val) into
     ``manifest_int8.json`` and records its agreement with the float32 export on test.
     """
-    from search.evaluate import load_run, select_trials
-    from search.results import config_from_json
-    from search.runtime import build_eenn
+    from search.deploy.evaluate import load_run, select_trials
+    from search.deploy.runtime import build_eenn
 
     run = load_run(Path(run_dir))
     if point != "chosen" and not str(point).strip().lstrip("-").isdigit():
         raise ValueError(f"--point {point!r} is not 'chosen' or a trial id")
     (trial,) = select_trials(run.trials, run.chosen, str(point))
     row = run.trials.set_index("trial").loc[trial]
-    config = config_from_json(str(row["config"]))
+    config = rundir.config_from_json(str(row["config"]), where=f"{run_dir} trial {trial}")
     prep = run.prepared
     eenn = build_eenn(prep.model, config, candidates=prep.profile.candidates,
                       heads=prep.heads.heads, n_devices=prep.platform.n_devices)
@@ -394,7 +394,7 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
     n_test = test_scores.n_samples
     test_frac = [*(test_scores.exit_count[0, cands] / n_test), test_scores.final_count[0] / n_test]
     result = export_eenn(
-        eenn, out_dir=out or Path(run_dir) / "export" / f"trial_{trial}",
+        eenn, out_dir=out or rundir.export_dir(run_dir, trial),
         example=_stack(prep.data.val)[:256], platform=prep.platform, costs=prep.costs,
         candidates=prep.profile.candidates,
         fractions={"val": json.loads(str(row["exit_fractions"])), "test": test_frac},

@@ -1,0 +1,84 @@
+"""Which package may import which, read from the source files' import statements.
+
+``evaluators`` imports neither ``spaces`` nor ``search``; ``spaces`` does not import
+``search``; inside ``search``, only ``search.deploy`` imports ``search.deploy`` (deployment
+reads run folders; the search side never depends on it). Every import statement counts,
+also those inside functions and ``if TYPE_CHECKING:`` blocks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, *, root: Path = ROOT) -> set[str]:
+    """Absolute names of the modules that ``path`` (under ``root``) imports, relative
+    imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _module_name(path, root).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(stem)
+            # ``from pkg import sub`` may import the submodule ``pkg.sub``
+            found.update(f"{stem}.{alias.name}" for alias in node.names)
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"):
+            found.add(node.args[0].value)  # importlib.import_module("a.b") with a literal name
+    return found
+
+
+def _violations(package: str, forbidden: tuple[str, ...], *, exempt: str | None = None
+                ) -> list[str]:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        name = _module_name(path, ROOT)
+        if exempt and (name == exempt or name.startswith(exempt + ".")):
+            continue
+        bad += [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(imported_modules(path))
+                if any(m == f or m.startswith(f + ".") for f in forbidden)]
+    return bad
+
+
+def test_the_scanner_sees_absolute_relative_and_nested_imports(tmp_path: Path) -> None:
+    module = tmp_path / "pkg" / "sub" / "mod.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("import os\nfrom . import sibling\nfrom ..other import thing\n"
+                      "def f():\n    from search.deploy import runtime\n"
+                      "importlib.import_module('search.run')\n")
+    found = imported_modules(module, root=tmp_path)
+    assert {"os", "pkg.sub.sibling", "pkg.other", "search.deploy.runtime",
+            "search.run"} <= found
+
+
+def test_the_scanner_finds_the_imports_that_exist() -> None:
+    """Guards the checks below against a scanner that finds nothing."""
+    assert "search.deploy.runtime" in imported_modules(ROOT / "search/deploy/export.py")
+    assert _violations("search", ("search.deploy",))  # search.deploy imports itself
+
+
+def test_the_search_side_never_imports_deployment() -> None:
+    assert _violations("search", ("search.deploy",), exempt="search.deploy") == []
+
+
+def test_spaces_never_import_search() -> None:
+    assert _violations("spaces", ("search",)) == []
+
+
+def test_evaluators_import_neither_spaces_nor_search() -> None:
+    assert _violations("evaluators", ("search", "spaces")) == []
