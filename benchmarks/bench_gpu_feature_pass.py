@@ -75,6 +75,7 @@ PHASES = (  # (module, function, phase): what the end-to-end breakdown times
     ("search.pipeline", "build_prediction_table", "table"),
     ("search.run", "run_search", "search"),
     ("search.loop", "write_results", "results"),
+    ("search.run", "write_summary", "results"),
     ("search.run", "write_report", "report"),
 )
 

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluators.backbone import accuracy, get_backbone  # noqa: E402
-from evaluators.data import load_data  # noqa: E402
+from evaluators.data import DataSettings, load_data  # noqa: E402
 from evaluators.macs import count_macs  # noqa: E402
 from evaluators.models.mnist_cnn import MnistCNN  # noqa: E402
+from evaluators.settings import ModelSettings  # noqa: E402
 
 # the recipe recommended for conf/model/mnist_cnn.yaml (model.train)
 RECIPE = {"epochs": 8, "lr": 0.01, "batch_size": 64, "optimizer": "adamw", "weight_decay": 5e-4,
@@ -52,14 +53,11 @@ def mac_split() -> list[dict[str, object]]:
 
 
 def run(seed: int) -> dict[str, object]:
-    data_cfg = OmegaConf.load(ROOT / "conf/data/mnist5k.yaml")
-    model_cfg = {
-        "name": "mnist_cnn",
-        "arch": "mnist_cnn",
-        "kwargs": {},
-        "checkpoint": None,
-        "train": RECIPE,
-    }
+    data_cfg = DataSettings.from_mapping(
+        OmegaConf.to_container(OmegaConf.load(ROOT / "conf/data/mnist5k.yaml")))  # type: ignore[arg-type]
+    model_cfg = ModelSettings.from_mapping({"name": "mnist_cnn", "arch": "mnist_cnn",
+                                            "input_shape": [1, 28, 28], "num_classes": 10,
+                                            "train": RECIPE})
     load = os.getloadavg()[0]
     start = time.perf_counter()
     data = load_data(data_cfg, seed=seed)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from evaluators._config import Group
 from evaluators.data import DataSplits
 
 __all__ = ["BackboneError", "TrainRecipe", "accuracy", "train"]
@@ -49,28 +50,22 @@ class TrainRecipe:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> TrainRecipe:
-        given = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(given) - names)
-        if unknown:
-            raise BackboneError(
-                f"unknown model.train key {unknown[0]!r}; use {', '.join(sorted(names))}"
-            )
-        recipe = cls(**given)
-        if recipe.optimizer not in ("adamw", "adam", "sgd"):
-            raise BackboneError(
-                f"model.train.optimizer={recipe.optimizer!r}; use adamw, adam or sgd"
-            )
-        if recipe.schedule not in ("onecycle", "cosine", "constant"):
-            raise BackboneError(
-                f"model.train.schedule={recipe.schedule!r}; use onecycle, cosine or constant"
-            )
-        if recipe.epochs < 1 or recipe.batch_size < 1:
-            raise BackboneError(
-                f"model.train.epochs={recipe.epochs} and batch_size={recipe.batch_size} must be >= "
-                "1"
-            )
-        return recipe
+        """Read ``model.train``; unknown keys and bad values are one-line errors."""
+        g = Group.of("model.train", cfg, error=BackboneError)
+        g.check_keys(f.name for f in fields(cls))
+        d = cls()
+        return cls(
+            epochs=g.integer("epochs", d.epochs, low=1),
+            lr=g.number("lr", d.lr, above=0.0),
+            batch_size=g.integer("batch_size", d.batch_size, low=1),
+            optimizer=g.text("optimizer", d.optimizer, choices=("adamw", "adam", "sgd")),
+            weight_decay=g.number("weight_decay", d.weight_decay, low=0.0),
+            momentum=g.number("momentum", d.momentum, low=0.0),
+            schedule=g.text("schedule", d.schedule, choices=("onecycle", "cosine", "constant")),
+            label_smoothing=g.number("label_smoothing", d.label_smoothing, low=0.0, below=1.0),
+            augment_shift=g.integer("augment_shift", d.augment_shift, low=0),
+            cpu_threads=g.integer("cpu_threads", d.cpu_threads, low=0),
+        )
 
 
 def accuracy(

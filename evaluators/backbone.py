@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import fx, nn
 
 from evaluators._training import BackboneError, TrainRecipe, accuracy, train
 from evaluators.data import DataSplits
 from evaluators.models import build_architecture
+from evaluators.settings import ModelSettings
 
 __all__ = [
     "BackboneError",
@@ -79,12 +79,6 @@ def weights_hash(model: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    return dict(cfg)
 
 
 def _archive_kind(path: Path) -> str:
@@ -297,42 +291,36 @@ def _train_and_cache(
 
 
 def get_backbone(
-    model_cfg: Mapping[str, Any],
+    model: ModelSettings,
     data: DataSplits,
     *,
     cache_dir: Path,
     seed: int,
     device: str = "auto",
 ) -> tuple[nn.Module, BackboneInfo]:
-    """The backbone for ``model_cfg`` (a ``conf/model`` group) on ``data``, on the CPU in eval mode.
+    """The backbone ``model`` describes, trained on ``data`` if needed; on the CPU in eval mode.
 
     Loads ``model.checkpoint`` when given; otherwise trains ``model.arch`` with ``model.train``
     (on the GPU when ``device`` resolves to cuda) once and reuses the cached weights afterwards.
     """
-    cfg = _plain(model_cfg)
-    arch = str(cfg.get("arch") or "")
-    if not arch:
-        raise BackboneError(
-            "model.arch is not set; name a registry key, torchvision:<name> or module:Callable"
-        )
-    kwargs = dict(cfg.get("kwargs") or {})
+    arch, kwargs = model.arch, dict(model.kwargs)
     dev = resolve_device(device)
     directory = _writable(Path(cache_dir).expanduser() / "backbones")
     trained_now = False
-    if cfg.get("checkpoint"):
-        path = Path(str(cfg["checkpoint"])).expanduser()
-        model = load_checkpoint(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
+    if model.checkpoint is not None:
+        path = model.checkpoint
+        net = load_checkpoint(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
     else:
-        recipe = TrainRecipe.from_config(cfg.get("train"))
+        recipe = model.train
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
         path = directory / f"{safe}-{_cache_key(arch, kwargs, data, recipe, seed)[:16]}.pt"
         if path.is_file():
-            model = _load_cached(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
+            net = _load_cached(path, arch=arch, num_classes=data.num_classes, kwargs=kwargs)
         else:
-            model = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev, path=path)
+            net = _train_and_cache(arch, kwargs, data, recipe, seed=seed, device=dev, path=path)
             trained_now = True
-    model.eval()
-    _check_outputs(model, data, path)
+    net.eval()
+    _check_outputs(net, data, path)
     # no accuracy pass here: the feature pass computes the backbone's logits on every split
-    info = BackboneInfo(checkpoint=path, trained_now=trained_now, weights_hash=weights_hash(model))
-    return model, info
+    info = BackboneInfo(checkpoint=path, trained_now=trained_now, weights_hash=weights_hash(net))
+    return net, info

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from evaluators._config import Group
 from evaluators.features import pool_features, pooled_shape
 
 torch.fx.wrap("pool_features")  # a leaf in fx traces of a head (its shape test is not traceable)
@@ -90,38 +91,37 @@ class HeadFamily:
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.members)
 
+    def as_config(self) -> dict[str, Any]:
+        """The flat ``conf/heads`` layout: ``members`` next to the training keys."""
+        members = [{"name": m.name, "kind": m.kind, **({"width": m.width} if m.width else {}),
+                    **({"flatten": True} if m.flatten else {})} for m in self.members]
+        return {"members": members, **asdict(self.training)}
 
-def _checked(
-    cfg: Mapping[str, Any], key: str, kind: type, default: Any, low: float, high: float
-) -> Any:
-    raw = cfg.get(key, default)
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"heads.{key}={raw!r} is not a {kind.__name__}") from None
-    if not low <= value <= high:
-        raise ValueError(f"heads.{key}={raw!r} must be in [{low}, {high}]")
-    return value
+
+def _member(i: int, raw: Any) -> HeadSpec:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"heads.members[{i}]={raw!r} is not a mapping; write "
+                         "{name: mlp64, kind: mlp, width: 64}")
+    unknown = set(raw) - {"name", "kind", "width", "flatten"}
+    if unknown:
+        raise ValueError(
+            f"heads.members[{i}] has unknown keys {sorted(unknown)}; use name, kind, width, flatten"
+        )
+    g = Group.of(f"heads.members[{i}]", raw)
+    return HeadSpec(name=g.text("name", f"head{i}"), kind=g.text("kind", None, optional=True),
+                    width=g.integer("width", 0, optional=True) or 0,
+                    flatten=g.flag("flatten", False))
 
 
 def head_family_from_config(cfg: Mapping[str, Any]) -> HeadFamily:
-    """Build and check a :class:`HeadFamily` from the ``heads`` config group."""
-    members = []
-    for i, raw in enumerate(cfg.get("members") or []):
-        unknown = set(raw) - {"name", "kind", "width", "flatten"}
-        if unknown:
-            raise ValueError(
-                f"heads.members[{i}] has unknown keys {sorted(unknown)}; "
-                "use name, kind, width, flatten"
-            )
-        members.append(
-            HeadSpec(
-                name=str(raw.get("name", f"head{i}")),
-                kind=str(raw.get("kind")),
-                width=int(raw.get("width") or 0),
-                flatten=bool(raw.get("flatten", False)),
-            )
-        )
+    """Build and check a :class:`HeadFamily` from the ``heads`` config group (read once, at the
+    entry point; training keys absent from ``cfg`` take :class:`HeadTraining`'s defaults)."""
+    g = Group.of("heads", cfg)
+    g.check_keys(["members", *(f.name for f in fields(HeadTraining))])
+    raw_members = g.values.get("members") or []
+    if not isinstance(raw_members, (list, tuple)):
+        raise ValueError(f"heads.members={raw_members!r} is not a list of heads")
+    members = [_member(i, raw) for i, raw in enumerate(raw_members)]
     if not members:
         raise ValueError(
             "heads.members is empty; list at least one head, e.g. {name: linear, kind: linear}"
@@ -131,13 +131,13 @@ def head_family_from_config(cfg: Mapping[str, Any]) -> HeadFamily:
         raise ValueError(f"heads.members names must be unique, got {names}")
     d = HeadTraining()
     training = HeadTraining(
-        epochs=_checked(cfg, "epochs", int, d.epochs, 1, 10_000),
-        lr=_checked(cfg, "lr", float, d.lr, 1e-8, 10.0),
-        batch_size=_checked(cfg, "batch_size", int, d.batch_size, 1, 1 << 20),
-        patience=_checked(cfg, "patience", int, d.patience, 1, 10_000),
-        holdout_fraction=_checked(cfg, "holdout_fraction", float, d.holdout_fraction, 0.01, 0.5),
-        weight_decay=_checked(cfg, "weight_decay", float, d.weight_decay, 0.0, 1.0),
-        amp=bool(cfg.get("amp", d.amp)),
+        epochs=g.integer("epochs", d.epochs, low=1, high=10_000),
+        lr=g.number("lr", d.lr, low=1e-8, high=10.0),
+        batch_size=g.integer("batch_size", d.batch_size, low=1, high=1 << 20),
+        patience=g.integer("patience", d.patience, low=1, high=10_000),
+        holdout_fraction=g.number("holdout_fraction", d.holdout_fraction, low=0.01, high=0.5),
+        weight_decay=g.number("weight_decay", d.weight_decay, low=0.0, high=1.0),
+        amp=g.flag("amp", d.amp),
     )
     return HeadFamily(members=tuple(members), training=training)
 

@@ -106,32 +106,61 @@ def _figures(entry: Mapping[str, Any], fields: Mapping[str, type], *, where: str
     return values
 
 
+def _entry(entry: Any, fields: Mapping[str, type], *, where: str) -> Mapping[str, Any]:
+    """One device or link mapping, its keys checked."""
+    if not isinstance(entry, Mapping):
+        raise PlatformError(f"{where}={entry!r} is not a mapping of its figures")
+    known = ["name", *fields, *(["activation_bits"] if "ram_bytes" in fields else [])]
+    unknown = sorted(set(entry) - set(known))
+    if unknown:
+        raise PlatformError(f"{where} has unknown key {unknown[0]!r}; use {', '.join(known)}")
+    return entry
+
+
+def _where(name: str, kind: str, raw: Any, i: int) -> str:
+    label = raw.get("name", i) if isinstance(raw, Mapping) else i
+    return f"platform {name!r} {kind} {label!r}"
+
+
+def _entries(cfg: Mapping[str, Any], key: str, name: str) -> Sequence[Any]:
+    raw = cfg.get(key) or []
+    if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
+        raise PlatformError(f"platform {name!r} {key}={raw!r} is not a list")
+    return raw
+
+
 def platform_from_config(cfg: Mapping[str, Any]) -> Platform:
-    """Build a checked :class:`Platform` from a (Hydra) mapping.
+    """Build a checked :class:`Platform` from the ``platform`` config group (once, at the entry
+    point).
 
     Expected keys: ``name``, ``devices`` (list of mappings with ``name`` and the
     :class:`Device` figures) and ``links`` (list of mappings with the
     :class:`Link` figures), one link fewer than devices.
     """
+    if not isinstance(cfg, Mapping):
+        raise PlatformError(f"platform={cfg!r} is not a mapping with name, devices and links")
+    unknown = sorted(set(cfg) - {"name", "devices", "links"})
+    if unknown:
+        raise PlatformError(f"unknown platform key {unknown[0]!r}; use name, devices, links")
     name = str(cfg.get("name", "platform"))
-    raw_devices: Sequence[Mapping[str, Any]] = cfg.get("devices") or []
-    raw_links: Sequence[Mapping[str, Any]] = cfg.get("links") or []
     devices = []
-    for i, entry in enumerate(raw_devices):
-        where = f"platform {name!r} device {entry.get('name', i)!r}"
-        bits = int(entry.get("activation_bits", 32))
-        if bits not in (8, 16, 32):
+    for i, raw in enumerate(_entries(cfg, "devices", name)):
+        where = _where(name, "device", raw, i)
+        entry = _entry(raw, _DEVICE_FIELDS, where=where)
+        bits = entry.get("activation_bits")  # absent: Device's default
+        if bits is not None and (bits not in (8, 16, 32) or isinstance(bits, bool)):
             raise PlatformError(f"{where}.activation_bits={bits!r} must be 8, 16 or 32")
         devices.append(
             Device(
                 name=str(entry.get("name", f"device{i}")),
-                activation_bits=bits,
+                **({} if bits is None else {"activation_bits": int(bits)}),
                 **_figures(entry, _DEVICE_FIELDS, where=where),
             )
         )
     links = []
-    for i, entry in enumerate(raw_links):
-        where = f"platform {name!r} link {entry.get('name', i)!r}"
+    for i, raw in enumerate(_entries(cfg, "links", name)):
+        where = _where(name, "link", raw, i)
+        entry = _entry(raw, _LINK_FIELDS, where=where)
         links.append(
             Link(
                 name=str(entry.get("name", f"link{i}")),

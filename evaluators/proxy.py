@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from evaluators._config import Group
 from evaluators._proxy_costs import CostTables, population_costs
 from evaluators.costs import BackboneCosts
 from evaluators.eenn import METRICS, EENNConfig
@@ -70,18 +71,16 @@ class ConstraintSpec:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> ConstraintSpec:
-        """Read the ``constraints`` config group; unknown keys are an error."""
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - {"max_accuracy_drop", "confidence", "memory", "max_latency_s"}
-        if unknown:
-            raise ValueError(f"unknown constraints key(s) {sorted(unknown)}; "
-                             "use max_accuracy_drop, confidence, memory, max_latency_s")
-        drop, lat = cfg.get("max_accuracy_drop", 0.01), cfg.get("max_latency_s")
+        """Read the ``constraints`` config group; unknown keys and bad values are errors."""
+        g = Group.of("constraints", cfg)
+        g.check_keys(["max_accuracy_drop", "confidence", "memory", "max_latency_s"])
+        d = cls()
         return cls(
-            max_accuracy_drop=None if drop is None else float(drop),
-            confidence=float(cfg.get("confidence", 0.95)),
-            memory=bool(cfg.get("memory", True)),
-            max_latency_s=None if lat is None else float(lat),
+            max_accuracy_drop=g.number("max_accuracy_drop", d.max_accuracy_drop, low=0.0,
+                                       optional=True),
+            confidence=g.number("confidence", d.confidence),
+            memory=g.flag("memory", d.memory),
+            max_latency_s=g.number("max_latency_s", d.max_latency_s, optional=True),
         )
 
     @property

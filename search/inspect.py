@@ -11,70 +11,39 @@ constructor needs real tensors. The example input is ``model.input_shape``
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import hydra
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from evaluators.models import build_architecture
+from evaluators.settings import ModelSettings
+from search.config import ExperimentSettings, parse_config
 from spaces import BackboneProfile, profile_backbone
 
 __all__ = ["build_backbone_and_input", "inspect", "main"]
 
-_OPTIONS = ("max_candidates", "min_mac_fraction", "modules", "tail_fraction")
-
-
-def _model_cfg(cfg: DictConfig) -> dict[str, Any]:
-    model = cfg.get("model")
-    if model is None:
-        raise ValueError("no model config; pass model=<name> (a file in conf/model/)")
-    plain = OmegaConf.to_container(model, resolve=True)
-    assert isinstance(plain, dict)
-    return {str(k): v for k, v in plain.items()}
-
-
-def _input_shape(model: Mapping[str, Any]) -> tuple[int, ...]:
-    shape = model.get("input_shape")
-    name = model.get("name", "?")
-    if not isinstance(shape, Sequence) or not shape or not all(isinstance(d, int) for d in shape):
-        raise ValueError(
-            f"model.input_shape={shape!r} for model {name!r}; set it to one sample's shape "
-            "without the batch dimension, e.g. [3, 32, 32]"
-        )
-    if min(shape) < 1:
-        raise ValueError(f"model.input_shape={list(shape)!r} has a dimension < 1")
-    return tuple(shape)
-
-
-def build_backbone_and_input(model: Mapping[str, Any]) -> tuple[nn.Module, torch.Tensor]:
-    """The untrained architecture of ``model`` (a conf/model mapping) and a batch-of-one input.
+def build_backbone_and_input(model: ModelSettings) -> tuple[nn.Module, torch.Tensor]:
+    """The untrained architecture of ``model`` and a batch-of-one input.
 
     Built on the meta device when the constructor allows it (no weights are
     needed to find candidates); otherwise on the CPU.
     """
-    shape = _input_shape(model)
-    arch = str(model.get("arch") or "")
-    if not arch:
-        raise ValueError(f"model.arch is not set for model {model.get('name')!r}")
-    kwargs = dict(model.get("kwargs") or {})
-    num_classes = int(model.get("num_classes") or 0)
-    if num_classes < 1:
-        raise ValueError(f"model.num_classes={model.get('num_classes')!r} must be an integer >= 1")
+    shape, kwargs = model.input_shape, dict(model.kwargs)
     try:
         with torch.device("meta"):
-            net = build_architecture(arch, num_classes=num_classes, **kwargs)
+            net = build_architecture(model.arch, num_classes=model.num_classes, **kwargs)
         return net.eval(), torch.empty(1, *shape, device="meta")
     except NotImplementedError:  # the constructor computes with tensor data
-        net = build_architecture(arch, num_classes=num_classes, **kwargs)
+        net = build_architecture(model.arch, num_classes=model.num_classes, **kwargs)
         return net.eval(), torch.zeros(1, *shape)
 
 
@@ -123,15 +92,11 @@ _COLUMNS = [
 ]
 
 
-def inspect(cfg: DictConfig) -> pd.DataFrame:
-    """One row per exit candidate of ``cfg.model``; totals in ``DataFrame.attrs``."""
-    model_cfg = _model_cfg(cfg)
-    net, example = build_backbone_and_input(model_cfg)
-    options = dict(model_cfg.get("candidates") or {})
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown model.candidates key {unknown[0]!r}; use {', '.join(_OPTIONS)}")
-    return _frame(profile_backbone(net, example, **options))
+def inspect(cfg: ExperimentSettings | DictConfig) -> pd.DataFrame:
+    """One row per exit candidate of the config's model; totals in ``DataFrame.attrs``."""
+    model = parse_config(cfg).model
+    net, example = build_backbone_and_input(model)
+    return _frame(profile_backbone(net, example, **model.candidates.options()))
 
 
 def _print(frame: pd.DataFrame, *, title: str, csv: Path) -> None:
@@ -176,12 +141,13 @@ def check_model_choice(argv: Sequence[str]) -> None:
 def main(cfg: DictConfig) -> None:
     """Print the candidate table and write candidates.csv into the run directory."""
     try:
-        frame = inspect(cfg)
+        settings = parse_config(cfg)
+        frame = inspect(settings)
     except (ValueError, RuntimeError) as err:
         sys.exit(f"error: {str(err).splitlines()[0]}")
     csv = Path(HydraConfig.get().runtime.output_dir) / "candidates.csv"
     frame.to_csv(csv, index=False)
-    _print(frame, title=f"exit candidates of {cfg.model.get('name', '?')}", csv=csv)
+    _print(frame, title=f"exit candidates of {settings.model.name}", csv=csv)
 
 
 if __name__ == "__main__":

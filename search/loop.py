@@ -164,6 +164,8 @@ def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, b
                 break  # the backend cannot propose anything new (space exhausted)
             batch = ctx.space.batch(ctx.space.repair_matrix(X))
             F, G, logged = ctx.record(batch, strategy, backend.generation, seen)
+            if backend.persistent:
+                ctx.log.flush()  # the run folder holds what the store is about to be told
             backend.tell(X, F, G, logged)
             new = ctx.log.count(strategy) - done
             done, stale = done + new, 0 if new else stale + 1

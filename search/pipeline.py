@@ -1,6 +1,6 @@
 """The preparation stage: everything the search needs, computed once and cached.
 
-``prepare(cfg)`` runs data -> backbone -> exit candidates -> one-pass feature
+``prepare(settings)`` runs data -> backbone -> exit candidates -> one-pass feature
 cache -> trained heads -> prediction table -> cost table. Every step is cached
 on disk by content hash (see the modules it calls), so a second run with the
 same configuration only reads files. The search itself never touches the
@@ -13,12 +13,11 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from evaluators.backbone import BackboneInfo, get_backbone, resolve_device
@@ -26,13 +25,14 @@ from evaluators.costs import BackboneCosts
 from evaluators.data import DataSplits, load_data
 from evaluators.features import FeatureStore, extract_features
 from evaluators.head_training import TrainedHeads, train_heads
-from evaluators.heads import HeadFamily, head_costs, head_family_from_config
-from evaluators.platform import Platform, platform_from_config
+from evaluators.heads import HeadFamily, head_costs
+from evaluators.platform import Platform
 from evaluators.predictions import PredictionTable
 from evaluators.tables import build_prediction_table
+from search.config import ExperimentSettings, parse_config, plain
 from spaces.profile import BackboneProfile, profile_backbone
 
-__all__ = ["Prepared", "plain", "prepare", "seed_everything"]
+__all__ = ["Prepared", "plain", "prepare", "seed_everything"]  # plain: from search.config
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -51,13 +51,6 @@ class Prepared:
     platform: Platform
 
 
-def plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of a config node (dicts and lists pass through)."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
 def seed_everything(seed: int) -> None:
     """The run's one seed, set in one place (Python, numpy, torch)."""
     random.seed(seed)
@@ -65,54 +58,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _candidate_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    opts = dict(model_cfg.get("candidates") or {})
-    known = {"max_candidates", "min_mac_fraction", "tail_fraction", "modules"}
-    unknown = set(opts) - known
-    if unknown:
-        raise ValueError(
-            f"unknown model.candidates option(s) {sorted(unknown)}; use {sorted(known)}"
-        )
-    return {k: v for k, v in opts.items() if v is not None}
+def prepare(settings: ExperimentSettings | Mapping[str, Any] | DictConfig, *,
+            progress: bool = True) -> Prepared:
+    """Run (or read from the cache) every stage before the search.
 
-
-def prepare(cfg: Mapping[str, Any] | DictConfig, *, progress: bool = True) -> Prepared:
-    """Run (or read from the cache) every stage before the search for ``cfg``."""
-    cfg = plain(cfg)
-    seed = int(cfg.get("seed", 0))
-    seed_everything(seed)
-    device = str(cfg.get("device", "auto"))
-    dev = resolve_device(device)
-    cache_dir = Path(str(cfg.get("cache_dir", "results/cache"))).expanduser()
-    platform = platform_from_config(cfg["platform"])
-    data = load_data(cfg["data"], seed=seed)
-    model, info = get_backbone(cfg["model"], data, cache_dir=cache_dir, seed=seed, device=device)
+    The entry points pass parsed settings; a composed config (a script, a run folder's
+    ``config.yaml``) is parsed here first, once.
+    """
+    s = parse_config(settings)
+    seed_everything(s.seed)
+    dev = resolve_device(s.device)
+    data = load_data(s.data, seed=s.seed)
+    model, info = get_backbone(s.model, data, cache_dir=s.cache_dir, seed=s.seed, device=s.device)
     example = torch.zeros(1, *data.input_shape)
-    profile = profile_backbone(model, example, **_candidate_options(cfg["model"]))
+    profile = profile_backbone(model, example, **s.model.candidates.options())
     if not profile.candidates:
         raise ValueError(
-            f"model {cfg['model'].get('name')!r} has no exit candidate; lower "
+            f"model {s.model.name!r} has no exit candidate; lower "
             "model.candidates.tail_fraction or list model.candidates.modules"
         )
-    features = dict(cfg.get("features") or {})
     store = extract_features(
         model,
         {"train": data.train, "val": data.val, "test": data.test},
         points=[c.name for c in profile.candidates],
         kind=profile.candidates[0].kind,
-        pool=int(features.get("pool", 4)),
-        cache_dir=cache_dir,
+        pool=s.features.pool,
+        cache_dir=s.cache_dir,
         weights_hash=info.weights_hash,
         data_fingerprint=data.fingerprint,
-        batch_size=int(features.get("batch_size", 256)),
-        budget_gib=float(features.get("budget_gib", 4.0)),
+        batch_size=s.features.batch_size,
+        budget_gib=s.features.budget_gib,
         device=dev.type,
-        train_precision=str(features.get("train_precision", "auto")),
-        eval_precision=str(features.get("eval_precision", "fp32")),
+        train_precision=s.features.train_precision,
+        eval_precision=s.features.eval_precision,
         progress=progress,
     )
-    family = head_family_from_config(cfg["heads"])
-    heads = train_heads(store, family, seed=seed, device=dev.type, progress=progress)
+    family = s.heads
+    heads = train_heads(store, family, seed=s.seed, device=dev.type, progress=progress)
     predictions = build_prediction_table(store, heads, device=dev.type)
     macs, params = head_costs(
         family,
@@ -131,5 +113,5 @@ def prepare(cfg: Mapping[str, Any] | DictConfig, *, progress: bool = True) -> Pr
         heads=heads,
         predictions=predictions,
         costs=costs,
-        platform=platform,
+        platform=s.platform,
     )

@@ -19,8 +19,9 @@ from rich.table import Table
 from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
 from evaluators.proxy import ProxyEvaluator
+from search.config import ExperimentSettings, parse_config, to_config
 from search.loop import SearchResult, run_search
-from search.pipeline import Prepared, plain, prepare
+from search.pipeline import Prepared, prepare
 from search.report import write_report
 from search.rundir import CONFIG, REPORT, SUMMARY_TXT, hypervolume_summary, write_summary
 from spaces.space import build_space
@@ -60,11 +61,11 @@ def backbone_reference(prepared: Prepared) -> dict[str, float]:
     }
 
 
-def _summary(prepared: Prepared, result: SearchResult, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _summary(prepared: Prepared, result: SearchResult, name: str) -> dict[str, Any]:
     """The run's ``summary.json`` (schema in results/README.md)."""
     platform = prepared.platform
     return {
-        "experiment": str(cfg.get("name", "default")),
+        "experiment": name,
         "objectives": list(result.objectives),
         "constraints": list(result.constraint_names),
         "strategy": result.strategy,
@@ -177,22 +178,22 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
 
 
 def run(
-    cfg: Mapping[str, Any] | DictConfig,
+    cfg: ExperimentSettings | Mapping[str, Any] | DictConfig,
     *,
     run_dir: Path,
     console: Console | None = None,
     progress: bool = True,
 ) -> RunOutcome:
-    """Run the experiment ``cfg`` and write its run folder ``run_dir``."""
+    """Run the experiment ``cfg`` (parsed here unless it already is) into the folder ``run_dir``."""
     console = console or Console()
-    cfg = plain(cfg)
+    settings = parse_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(cfg, progress=progress)
+    prepared = prepare(settings, progress=progress)
     # written once preparation succeeded, so a failing call never overwrites a run's config
-    (run_dir / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
-    space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
+    space = build_space(to_config(settings.space), val=table.val, platform=prepared.platform)
     grid = space.threshold_grid
     evaluator = ProxyEvaluator(
         split=table.val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
@@ -203,15 +204,15 @@ def run(
     result = run_search(
         evaluator=evaluator,
         space=space,
-        cfg_search=cfg["search"],
-        objectives=list(cfg["objectives"]),
-        constraints=cfg["constraints"],
-        seed=int(cfg["seed"]),
+        cfg_search=to_config(settings.search),
+        objectives=list(settings.objectives),
+        constraints=settings.constraints,
+        seed=settings.seed,
         run_dir=run_dir,
         test_evaluator=test_evaluator,
         progress=progress,
     )
-    summary = _summary(prepared, result, cfg)
+    summary = _summary(prepared, result, settings.name)
     write_summary(run_dir, summary)
     write_report(run_dir)
     chosen = result.chosen

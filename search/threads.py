@@ -43,8 +43,9 @@ def cpu_threads(
     return None
 
 
-def apply_cpu_threads(cfg: Mapping[str, Any]) -> int:
-    """Set torch's intra-op threads for the Hydra job ``cfg`` runs in; return the count in use."""
+def apply_cpu_threads(requested: int) -> int:
+    """Set torch's intra-op threads for this Hydra job (``cpu_threads``, parsed); return the
+    count in use."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -53,7 +54,7 @@ def apply_cpu_threads(cfg: Mapping[str, Any]) -> int:
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         launcher, multirun = hydra_cfg.launcher, hydra_cfg.mode == RunMode.MULTIRUN
-    threads = cpu_threads(requested=int(cfg.get("cpu_threads") or 0), launcher=launcher,
+    threads = cpu_threads(requested=requested, launcher=launcher,
                           multirun=multirun, cpus=len(os.sched_getaffinity(0)))
     if threads is not None:
         torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from search.backends._storage import check_shared_study, redacted
+from search.config import ExperimentSettings, parse_config, plain, to_config
 from search.errors import one_line_errors
 from search.rundir import WORKER
+from search.settings import SearchSettings
 from search.threads import apply_cpu_threads
 
 __all__ = ["WorkerOutcome", "check_shared_study", "main", "work"]
@@ -56,51 +58,48 @@ class WorkerOutcome:
     n_trials: int
 
 
-def _settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
+def _shared_study(search: SearchSettings) -> tuple[str, str]:
     """(storage URL, study name) of a shared study, or a one-line error naming the fix."""
-    search = cfg["search"]
-    backend = str(search.get("backend"))
-    if backend not in _SHARED_BACKENDS:
-        raise ValueError(f"search.backend={backend!r} cannot share a study; use "
+    if search.backend not in _SHARED_BACKENDS:
+        raise ValueError(f"search.backend={search.backend!r} cannot share a study; use "
                          "search=optuna_nsga2 or search=optuna_tpe")
-    storage = search.get("storage")
-    if not storage:
+    if not search.storage:
         raise ValueError("search.storage=null: workers share a study through a database every "
                          "one of them reaches; set search.storage=postgresql+psycopg2://"
                          "user:password@host:port/db")
-    name = search.get("study_name")
-    if not name:
+    if not search.study_name:
         raise ValueError("search.study_name=null: give every worker the same "
                          "search.study_name=<name>")
-    return str(storage), str(name)
+    return search.storage, search.study_name
 
 
-def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
-         progress: bool = True) -> WorkerOutcome:
+def work(cfg: ExperimentSettings | Mapping[str, Any] | DictConfig, *, run_dir: Path,
+         worker: int, progress: bool = True) -> WorkerOutcome:
     """Prepare (cached), then run this worker's share of the shared study into ``run_dir``."""
     from evaluators.proxy import ProxyEvaluator
     from search.loop import run_search
-    from search.pipeline import plain, prepare
+    from search.pipeline import prepare
     from spaces.space import build_space
 
-    cfg = plain(cfg)
-    storage, study_name = _settings(cfg)
-    objectives = [str(o) for o in cfg["objectives"]]
+    settings = parse_config(cfg)
+    storage, study_name = _shared_study(settings.search)
+    objectives = list(settings.objectives)
     check_shared_study(storage=storage, study_name=study_name, objectives=objectives)
-    seed = int(cfg["seed"])
+    seed = settings.seed
     sampler_seed = int(np.random.SeedSequence([seed, int(worker)]).generate_state(1)[0] >> 1)
-    search_cfg = {**cfg["search"], "baselines": []}
+    search_cfg = to_config(replace(settings.search, baselines=()))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(cfg, progress=progress)
+    prepared = prepare(settings, progress=progress)
     table = prepared.predictions
-    space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
+    space = build_space(to_config(settings.space), val=table.val, platform=prepared.platform)
     evaluators = [ProxyEvaluator(split=split, costs=prepared.costs, platform=prepared.platform,
                                  threshold_grid=space.threshold_grid)
                   for split in (table.val, table.test)]
     result = run_search(evaluator=evaluators[0], space=space, cfg_search=search_cfg,
-                        objectives=objectives, constraints=cfg["constraints"], seed=sampler_seed,
-                        run_dir=run_dir, test_evaluator=evaluators[1], progress=progress)
+                        objectives=objectives, constraints=settings.constraints,
+                        seed=sampler_seed, run_dir=run_dir, test_evaluator=evaluators[1],
+                        progress=progress)
     outcome = WorkerOutcome(run_dir=run_dir, study_name=study_name, worker=int(worker),
                             sampler_seed=sampler_seed, n_trials=len(result.records))
     (run_dir / WORKER).write_text(json.dumps(
@@ -110,13 +109,24 @@ def work(cfg: Mapping[str, Any] | DictConfig, *, run_dir: Path, worker: int,
     return outcome
 
 
+def _worker_index(cfg: DictConfig) -> tuple[int, dict[str, Any]]:
+    """``+worker=<int>`` and the config without it (the experiment's settings know no worker)."""
+    rest = dict(plain(cfg))
+    raw = rest.pop("worker", 0)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise ValueError(f"worker={raw!r} must be an integer >= 0; pass +worker=<int>")
+    return raw, rest
+
+
 @hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``+worker=<int>`` tells the workers of one study apart."""
     with one_line_errors():
-        apply_cpu_threads(cfg)
-        outcome = work(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir),
-                       worker=int(cfg.get("worker", 0)))
+        worker, rest = _worker_index(cfg)
+        settings = parse_config(rest)
+        apply_cpu_threads(settings.cpu_threads)
+        outcome = work(settings, run_dir=Path(HydraConfig.get().runtime.output_dir),
+                       worker=worker)
     print(f"worker {outcome.worker}: {outcome.n_trials} trials told to study "
           f"{outcome.study_name!r}; run folder {outcome.run_dir}")
 

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from evaluators.data._pool import ArrayDataset, DataError, Pool
 from evaluators.data._splits import SPLITS, SplitError, stratified_split
+from evaluators.data.settings import LOADERS, DataSettings
 
-__all__ = ["LOADERS", "ArrayDataset", "DataError", "DataSplits", "load_data"]
-
-LOADERS: dict[str, str] = {
-    "mnist5k": "evaluators.data._mnist5k:load",
-    "cifar10": "evaluators.data._cifar10:load",
-    "speech_commands": "evaluators.data._speech_commands:load",
-    "mitbih": "evaluators.data._mitbih:load",
-    "generic": "evaluators.data._custom:load_generic",
-    "npz": "evaluators.data._custom:load_npz",
-}
+__all__ = ["LOADERS", "ArrayDataset", "DataError", "DataSettings", "DataSplits", "load_data"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,16 +38,8 @@ class DataSplits:
     fingerprint: str
 
 
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    return dict(cfg)
-
-
 def _loader(name: str) -> Callable[..., Pool]:
-    if name not in LOADERS:
-        raise DataError(f"unknown data.loader={name!r}; use one of {', '.join(sorted(LOADERS))}")
-    module_name, _, attr = LOADERS[name].partition(":")
+    module_name, _, attr = LOADERS[name][0].partition(":")
     return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
 
 
@@ -89,23 +71,19 @@ def _fingerprint(name: str, parts: dict[str, ArrayDataset], indices: dict[str, n
     return h.hexdigest()
 
 
-def load_data(cfg_data: Mapping[str, Any], *, seed: int) -> DataSplits:
-    """Load the dataset described by ``cfg_data`` (a ``conf/data`` group) and split it."""
-    cfg = _plain(cfg_data)
-    name = str(cfg.get("name") or cfg.get("loader") or "data")
-    pool = _loader(str(cfg.get("loader", name)))(cfg, seed=seed)
+def load_data(data: DataSettings, *, seed: int) -> DataSplits:
+    """Load the dataset ``data`` describes (the parsed ``conf/data`` group) and split it."""
+    name = data.name
+    pool = _loader(data.loader)(data, seed=seed)
     num_classes = len(pool.class_names)
-    if cfg.get("num_classes") not in (None, num_classes):
+    if data.num_classes not in (None, num_classes):
         raise DataError(
-            f"data.num_classes={cfg['num_classes']} but {name} has {num_classes} classes; set "
+            f"data.num_classes={data.num_classes} but {name} has {num_classes} classes; set "
             f"data.num_classes={num_classes}"
         )
-    sizes = cfg.get("splits") or {}
-    unknown = set(sizes) - set(SPLITS)
-    if unknown:
-        raise DataError(f"data.splits has unknown keys {sorted(unknown)}; use train, val and test")
     try:
-        indices = stratified_split(pool.labels, sizes, seed=seed, groups=pool.groups)
+        indices = stratified_split(pool.labels, data.splits.as_mapping(), seed=seed,
+                                   groups=pool.groups)
     except SplitError as err:
         raise DataError(str(err)) from None
     inputs = {s: pool.read(indices[s]) for s in SPLITS}

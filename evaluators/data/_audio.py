@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.fft import dct
 
 __all__ = ["MfccSpec", "mel_filterbank", "mfcc"]
 
@@ -81,6 +80,8 @@ def mfcc(waves: torch.Tensor, spec: MfccSpec) -> torch.Tensor:
         center=False,
         return_complex=True,
     )
+    from scipy.fft import dct  # here, not at the top: the settings import this module's spec
+
     mel = stft.abs().transpose(1, 2) @ mel_filterbank(spec)
     basis = torch.from_numpy(
         dct(np.eye(spec.n_mels), type=2, norm="ortho", axis=1)[:, : spec.n_mfcc]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from evaluators.data._pool import DataError, Pool, missing_data
+from evaluators.data.settings import DataSettings
 
 __all__ = ["load"]
 
@@ -40,21 +41,21 @@ def _download(root: Path) -> None:
     CIFAR10(str(root), train=True, download=True)
 
 
-def load(cfg: dict[str, Any], *, seed: int) -> Pool:
+def load(data: DataSettings, *, seed: int) -> Pool:
     """All 60,000 images (train batches first, then test) as uint8 (N, 3, 32, 32)."""
     del seed
-    root = Path(str(cfg.get("root") or "data/cifar10")).expanduser()
+    root = data.folder()
     folder = root / _FOLDER
-    if not (folder / _BATCHES[0]).is_file() and cfg.get("download"):
+    if not (folder / _BATCHES[0]).is_file() and data.download:
         _download(root)
     missing = [b for b in (*_BATCHES, "batches.meta") if not (folder / b).is_file()]
     if missing:
         raise missing_data(folder / missing[0], "CIFAR-10 batch file")
     batches = [_unpickle(folder / b) for b in _BATCHES]
-    data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+    pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
     labels = np.concatenate([np.asarray(b["labels"], dtype=np.int64) for b in batches])
     names = tuple(str(n) for n in _unpickle(folder / "batches.meta")["label_names"])
-    images = torch.from_numpy(data.reshape(-1, 3, 32, 32))
+    images = torch.from_numpy(pixels.reshape(-1, 3, 32, 32))
     return Pool(
         labels=labels,
         class_names=names,

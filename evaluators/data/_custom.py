@@ -6,23 +6,59 @@ number of classes from ``data.num_classes`` or the largest label + 1.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from evaluators._config import Group
 from evaluators.data._pool import DataError, Pool
+from evaluators.data.settings import DataSettings, LoaderOptions
 
-__all__ = ["load_generic", "load_npz"]
+__all__ = ["GenericOptions", "NpzOptions", "load_generic", "load_npz"]
 
 
-def _class_names(cfg: dict[str, Any], labels: np.ndarray, given: Any = None) -> tuple[str, ...]:
+@dataclass(frozen=True, kw_only=True)
+class NpzOptions(LoaderOptions):
+    """``conf/data/npz.yaml``: the file with arrays ``x`` and ``y`` (``data.root`` also works)."""
+
+    path: Path | None = None
+
+    @classmethod
+    def from_group(cls, g: Group) -> NpzOptions:
+        path = g.text("path", None, optional=True) or g.text("root", None, optional=True)
+        if path in (None, "", "???"):
+            raise DataError("data.path is not set; set data.path=<file with arrays x and y>")
+        return cls(path=Path(path).expanduser())
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenericOptions(LoaderOptions):
+    """``conf/data/generic.yaml``: ``dataset`` is a Hydra node whose ``_target_`` returns a torch
+    Dataset of ``(x, int label)``; its other keys are that callable's arguments (free-form)."""
+
+    dataset: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_group(cls, g: Group) -> GenericOptions:
+        node = g.values.get("dataset")
+        if not isinstance(node, Mapping) or node.get("_target_") in (None, "", "???"):
+            raise DataError(
+                "data.loader=generic needs data.dataset._target_=<module.callable returning a "
+                "torch Dataset>"
+            )
+        return cls(dataset=g.mapping("dataset"))
+
+
+def _class_names(data: DataSettings, labels: np.ndarray, given: Any = None) -> tuple[str, ...]:
     if labels.size == 0 or labels.min() < 0:
         raise DataError(
-            f"data {cfg.get('name')!r} has no samples or negative labels; labels must be 0..C-1"
+            f"data {data.name!r} has no samples or negative labels; labels must be 0..C-1"
         )
-    n = int(cfg.get("num_classes") or labels.max() + 1)
+    n = int(data.num_classes or labels.max() + 1)
     if labels.max() >= n:
         raise DataError(
             f"data.num_classes={n} but a label is {int(labels.max())}; raise data.num_classes"
@@ -35,11 +71,12 @@ def _class_names(cfg: dict[str, Any], labels: np.ndarray, given: Any = None) -> 
     return tuple(names)
 
 
-def load_npz(cfg: dict[str, Any], *, seed: int) -> Pool:
+def load_npz(data: DataSettings, *, seed: int) -> Pool:
     """Arrays ``x`` (N, ...) and ``y`` (N,) from ``data.path``; optional ``class_names`` array."""
     del seed
-    path = Path(str(cfg.get("path") or cfg.get("root") or "")).expanduser()
-    if str(path) in ("", ".", "???") or not path.is_file():
+    assert isinstance(data.options, NpzOptions), "DataSettings picks the loader's options"
+    path = data.options.path
+    if path is None or not path.is_file():
         raise DataError(f"npz file not found at {path}; set data.path=<file with arrays x and y>")
     with np.load(path, allow_pickle=False) as f:
         missing = [k for k in ("x", "y") if k not in f]
@@ -55,7 +92,7 @@ def load_npz(cfg: dict[str, Any], *, seed: int) -> Pool:
     inputs = torch.from_numpy(np.ascontiguousarray(x))
     return Pool(
         labels=y,
-        class_names=_class_names(cfg, y, given),
+        class_names=_class_names(data, y, given),
         read=lambda idx: inputs[torch.as_tensor(idx)],
     )
 
@@ -67,17 +104,13 @@ def _labels_of(dataset: Any) -> np.ndarray:
     return np.array([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
-def load_generic(cfg: dict[str, Any], *, seed: int) -> Pool:
+def load_generic(data: DataSettings, *, seed: int) -> Pool:
     """Instantiate ``data.dataset`` (a Hydra ``_target_`` node); read only the drawn samples."""
     del seed
     from hydra.utils import instantiate
 
-    node = cfg.get("dataset")
-    if not isinstance(node, dict) or node.get("_target_") in (None, "", "???"):
-        raise DataError(
-            "data.loader=generic needs data.dataset._target_=<module.callable returning a torch "
-            "Dataset>"
-        )
+    assert isinstance(data.options, GenericOptions), "DataSettings picks the loader's options"
+    node = dict(data.options.dataset)
     try:
         dataset = instantiate(node)
     except Exception as err:  # Hydra wraps import and call errors alike
@@ -91,6 +124,6 @@ def load_generic(cfg: dict[str, Any], *, seed: int) -> Pool:
 
     return Pool(
         labels=labels,
-        class_names=_class_names(cfg, labels, getattr(dataset, "classes", None)),
+        class_names=_class_names(data, labels, getattr(dataset, "classes", None)),
         read=read,
     )

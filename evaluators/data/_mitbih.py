@@ -15,15 +15,17 @@ samples ahead of its R peak, standardised per beat. Two protocols (``data.protoc
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from evaluators._config import Group
 from evaluators.data._pool import DataError, Pool, missing_data
+from evaluators.data.settings import DataSettings, LoaderOptions
 
-__all__ = ["AAMI", "DS1", "DS2", "PROTOCOLS", "download", "load"]
+__all__ = ["AAMI", "DS1", "DS2", "PROTOCOLS", "MitbihOptions", "download", "load"]
 
 AAMI: dict[str, str] = {"N": "NLRej", "S": "AaJS", "V": "VE", "F": "F", "Q": "/fQ"}
 _CLASS = {symbol: i for i, symbols in enumerate(AAMI.values()) for symbol in symbols}
@@ -35,6 +37,62 @@ DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "21
 PROTOCOLS = ("intra_patient", "inter_patient")
 
 
+def _record(value: object) -> str:
+    """A record name: ``100`` and ``"100"`` alike."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(value)
+    return str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MitbihOptions(LoaderOptions):
+    """``conf/data/mitbih.yaml``'s own keys (see the module doc for the two protocols)."""
+
+    records: tuple[str, ...] | None = None  # None: every <record>.hea with a .atr under root
+    protocol: str = "intra_patient"
+    val_records: tuple[str, ...] | None = None  # inter_patient: DS1 records held out for val
+    lead: str = "MLII"  # signal name to use; falls back to the first channel
+    window: int = 187  # samples per beat (0.52 s at 360 Hz)
+    before: int = 90  # samples before the R peak
+
+    @classmethod
+    def from_group(cls, g: Group) -> MitbihOptions:
+        d = cls()
+        protocol = g.text("protocol", d.protocol)
+        if protocol not in PROTOCOLS:
+            raise DataError(f"data.protocol={protocol!r} is unknown; use one of {list(PROTOCOLS)}")
+        names = "a list of record names"
+        options = cls(
+            records=g.items("records", d.records, item=_record, optional=True, what=names),
+            protocol=protocol,
+            val_records=g.items("val_records", d.val_records, item=_record, optional=True,
+                                what=names),
+            lead=g.text("lead", d.lead), window=g.integer("window", d.window, low=1),
+            before=g.integer("before", d.before, low=0))
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """The protocol, records and beat window agree (one-line errors naming the fix)."""
+        if not self.before < self.window:
+            raise DataError(f"data.before={self.before} must lie in [0, data.window="
+                            f"{self.window}); lower it")
+        if self.protocol == "intra_patient":
+            if self.val_records:
+                raise DataError("data.val_records needs data.protocol=inter_patient; drop it or "
+                                "switch the protocol")
+            return
+        if self.records:
+            raise DataError("data.records and data.protocol=inter_patient both choose records; "
+                            "set data.records=null (the protocol reads DS1 and DS2)")
+        stray = sorted(set(self.val_records or ()) - set(DS1))
+        if stray:
+            raise DataError(f"data.val_records={stray} are not DS1 records; choose from "
+                            f"{list(DS1)}")
+        if len(self.val_records or ()) == len(DS1):
+            raise DataError("data.val_records holds out every DS1 record; leave some for train")
+
+
 def download(root: Path) -> None:
     """Fetch the 48 records of PhysioNet's ``mitdb`` into ``root`` (about 100 MB)."""
     import wfdb
@@ -42,7 +100,7 @@ def download(root: Path) -> None:
     wfdb.dl_database("mitdb", dl_dir=str(root))
 
 
-def _records(root: Path, wanted: list[Any] | None) -> list[str]:
+def _records(root: Path, wanted: list[str] | None) -> list[str]:
     if wanted:
         names = [str(r) for r in wanted]
         for name in names:
@@ -85,21 +143,18 @@ def _beats(
     return segments, labels
 
 
-def load(cfg: dict[str, Any], *, seed: int) -> Pool:
+def load(data: DataSettings, *, seed: int) -> Pool:
     """Every annotated beat of the chosen records as standardised float32 (N, 1, window)."""
     del seed
-    root = Path(str(cfg.get("root") or "data/mitbih")).expanduser()
-    if not any(root.glob("*.hea")) and cfg.get("download"):
+    opts = data.options
+    assert isinstance(opts, MitbihOptions), "DataSettings.from_mapping picks the loader's options"
+    root = data.folder()
+    if not any(root.glob("*.hea")) and data.download:
         download(root)
-    window, before = int(cfg.get("window", 187)), int(cfg.get("before", 90))
-    if not 0 <= before < window:
-        raise DataError(f"data.before={before} must lie in [0, data.window={window}); lower it")
-    wanted, partition = _protocol(cfg)
+    wanted, partition = _protocol(opts)
     records = _records(root, wanted)
-    parts = [
-        _beats(root, r, lead=str(cfg.get("lead", "MLII")), before=before, window=window)
-        for r in records
-    ]
+    parts = [_beats(root, r, lead=opts.lead, before=opts.before, window=opts.window)
+             for r in records]
     beats = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     groups = None if partition is None else np.concatenate(
@@ -118,25 +173,10 @@ def load(cfg: dict[str, Any], *, seed: int) -> Pool:
     )
 
 
-def _protocol(cfg: dict[str, Any]) -> tuple[list[Any] | None, dict[str, str] | None]:
+def _protocol(opts: MitbihOptions) -> tuple[list[str] | None, dict[str, str] | None]:
     """The records to read and, for the inter-patient protocol, the partition of each."""
-    protocol = str(cfg.get("protocol") or "intra_patient")
-    if protocol not in PROTOCOLS:
-        raise DataError(f"data.protocol={protocol!r} is unknown; use one of {list(PROTOCOLS)}")
-    val_records = [str(r) for r in cfg.get("val_records") or []]
-    if protocol == "intra_patient":
-        if val_records:
-            raise DataError("data.val_records needs data.protocol=inter_patient; drop it or "
-                            "switch the protocol")
-        return cfg.get("records"), None
-    if cfg.get("records"):
-        raise DataError("data.records and data.protocol=inter_patient both choose records; "
-                        "set data.records=null (the protocol reads DS1 and DS2)")
-    stray = sorted(set(val_records) - set(DS1))
-    if stray:
-        raise DataError(f"data.val_records={stray} are not DS1 records; choose from {list(DS1)}")
-    if len(val_records) == len(DS1):
-        raise DataError("data.val_records holds out every DS1 record; leave some for train")
-    partition = {r: "val" if r in val_records else ("fit" if not val_records else "train")
-                 for r in DS1}
+    if opts.protocol == "intra_patient":
+        return (None if opts.records is None else list(opts.records)), None
+    held = set(opts.val_records or ())
+    partition = {r: "val" if r in held else ("fit" if not held else "train") for r in DS1}
     return [*DS1, *DS2], {**partition, **dict.fromkeys(DS2, "test")}

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from evaluators.data._pool import DataError, Pool
+from evaluators.data.settings import DataSettings
 
 __all__ = ["load"]
 
@@ -33,9 +34,9 @@ def _csv_path() -> Any:
     return path
 
 
-def load(cfg: dict[str, Any], *, seed: int) -> Pool:
+def load(data: DataSettings, *, seed: int) -> Pool:
     """All 5,000 images as uint8 (N, 1, 28, 28); splits are drawn by the caller."""
-    del cfg, seed  # nothing to configure: the file is fixed
+    del data, seed  # nothing to configure: the file is fixed
     with _csv_path().open("rb") as raw:
         table = pd.read_csv(raw, header=None, compression="gzip", dtype=np.int64).to_numpy()
     images = torch.from_numpy(table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28))

@@ -11,20 +11,20 @@ shared between splits. Features are computed only for the clips the splits draw.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.io import wavfile
-from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from evaluators._config import Group
 from evaluators.data._audio import MfccSpec, mfcc
 from evaluators.data._pool import DataError, Pool, missing_data
+from evaluators.data.settings import DataSettings, LoaderOptions
 
-__all__ = ["URL", "WORDS", "download", "load"]
+__all__ = ["URL", "WORDS", "SpeechCommandsOptions", "download", "load"]
 
 URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -50,6 +50,8 @@ def download(root: Path) -> None:
 
 
 def _read_wav(path: Path, spec: MfccSpec) -> np.ndarray:
+    from scipy.io import wavfile  # imported when audio is read: scipy.signal takes seconds
+
     try:
         rate, data = wavfile.read(path)
     except (OSError, ValueError) as err:
@@ -63,6 +65,8 @@ def _read_wav(path: Path, spec: MfccSpec) -> np.ndarray:
     )
     wave = wave.mean(axis=1) if wave.ndim == 2 else wave
     if rate != spec.sample_rate:
+        from scipy.signal import resample_poly
+
         g = math.gcd(rate, spec.sample_rate)
         wave = np.asarray(resample_poly(wave, spec.sample_rate // g, rate // g), dtype=np.float32)
     return wave
@@ -94,6 +98,8 @@ def _silence(
     files = sorted((root / _NOISE).glob("*.wav"))
     if not files:
         return [_Clip(path=None) for _ in range(n)]  # no noise recordings: digital silence
+    from scipy.io import wavfile
+
     lengths = [wavfile.read(f, mmap=True)[1].shape[0] for f in files]
     clips = []
     for _ in range(n):
@@ -110,21 +116,54 @@ def _silence(
     return clips
 
 
-def _words(cfg: dict[str, Any]) -> tuple[str, ...]:
-    words = tuple(cfg.get("words") or WORDS)
-    odd = [w for w in words if not isinstance(w, str)]
-    if odd:
+def _word(value: object) -> str:
+    if not isinstance(value, str):
         raise DataError(
-            f"data.words contains {odd[0]!r}, not a word (YAML reads bare yes/no/on/off as "
+            f"data.words contains {value!r}, not a word (YAML reads bare yes/no/on/off as "
             'booleans); quote them: data.words=["yes","no",...]'
         )
-    return words
+    return value
+
+
+def _mfcc_spec(g: Group) -> MfccSpec:
+    g.check_keys(f.name for f in fields(MfccSpec))
+    d = MfccSpec()
+    ints = {"sample_rate", "n_fft", "n_mels", "n_mfcc"}
+    return MfccSpec(**{f.name: (g.integer(f.name, getattr(d, f.name), low=1) if f.name in ints
+                                else g.number(f.name, getattr(d, f.name), low=0.0))
+                       for f in fields(MfccSpec)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechCommandsOptions(LoaderOptions):
+    """``conf/data/speech_commands.yaml``'s own keys (MLPerf Tiny KWS conventions)."""
+
+    words: tuple[str, ...] = WORDS
+    unknown_percentage: float = 10.0  # other words, as % of the known-word clips per partition
+    silence_percentage: float = 10.0  # 1 s background-noise crops, same convention
+    official_splits: bool = True  # keep validation_list.txt / testing_list.txt
+    features: MfccSpec = field(default_factory=MfccSpec)  # the front end: 1 x 49 x 10 MFCC
+
+    @classmethod
+    def from_group(cls, g: Group) -> SpeechCommandsOptions:
+        d = cls()
+        raw = g.values.get("words")
+        if raw is not None and (isinstance(raw, str) or not isinstance(raw, (list, tuple))):
+            raise DataError(f"data.words={raw!r} is not a list of words; set "
+                            'data.words=["yes","no",...]')
+        return cls(words=tuple(_word(w) for w in raw or d.words),
+                   unknown_percentage=g.number("unknown_percentage", d.unknown_percentage,
+                                               low=0.0),
+                   silence_percentage=g.number("silence_percentage", d.silence_percentage,
+                                               low=0.0),
+                   official_splits=g.flag("official_splits", d.official_splits),
+                   features=_mfcc_spec(g.sub("features")))
 
 
 def _pool_clips(
-    root: Path, cfg: dict[str, Any], spec: MfccSpec, seed: int
+    root: Path, opts: SpeechCommandsOptions, seed: int
 ) -> tuple[list[_Clip], np.ndarray, np.ndarray | None]:
-    words = _words(cfg)
+    words, spec = opts.words, opts.features
     rel = sorted(
         f"{d.name}/{f.name}"
         for d in root.iterdir()
@@ -133,7 +172,7 @@ def _pool_clips(
     )
     if not rel:
         raise missing_data(root, "Speech Commands word folders (<root>/<word>/*.wav)")
-    groups = _partition(root, rel, bool(cfg.get("official_splits", True)))
+    groups = _partition(root, rel, opts.official_splits)
     known = np.array([r.split("/")[0] in words for r in rel])
     labels = np.array(
         [words.index(r.split("/")[0]) if k else len(words) for r, k in zip(rel, known, strict=True)]
@@ -145,7 +184,7 @@ def _pool_clips(
         n_known = int((in_part & known).sum())
         unknown = np.flatnonzero(in_part & ~known)
         n_unknown = min(
-            len(unknown), math.ceil(n_known * float(cfg.get("unknown_percentage", 10)) / 100)
+            len(unknown), math.ceil(n_known * opts.unknown_percentage / 100)
         )
         chosen = np.sort(
             np.concatenate(
@@ -153,7 +192,7 @@ def _pool_clips(
             )
         )
         keep.append(chosen)
-        n_silence = math.ceil(n_known * float(cfg.get("silence_percentage", 10)) / 100)
+        n_silence = math.ceil(n_known * opts.silence_percentage / 100)
         span = (0.0, 1.0) if groups is None else _NOISE_SPANS[part]
         clips_out += [_Clip(path=root / rel[i]) for i in chosen] + _silence(
             root, n_silence, span, spec, rng
@@ -196,29 +235,20 @@ def _reader(root: Path, clips: list[_Clip], spec: MfccSpec) -> Any:
     return read
 
 
-def _spec(cfg: dict[str, Any]) -> MfccSpec:
-    given = dict(cfg.get("features") or {})
-    names = {f.name for f in fields(MfccSpec)}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise DataError(f"unknown data.features key {unknown[0]!r}; use {', '.join(sorted(names))}")
-    return MfccSpec(**given)
-
-
-def load(cfg: dict[str, Any], *, seed: int) -> Pool:
+def load(data: DataSettings, *, seed: int) -> Pool:
     """Clips of every word folder under ``data.root``; features (N, 1, frames, n_mfcc) on demand."""
-    root = Path(str(cfg.get("root") or "data/speech_commands")).expanduser()
-    if not root.is_dir() and cfg.get("download"):
+    opts = data.options
+    assert isinstance(opts, SpeechCommandsOptions), "DataSettings picks the loader's options"
+    root = data.folder()
+    if not root.is_dir() and data.download:
         download(root)
     if not root.is_dir():
         raise missing_data(root, "Speech Commands folder")
-    spec = _spec(cfg)
-    clips, labels, groups = _pool_clips(root, cfg, spec, seed)
-    words = _words(cfg)
+    clips, labels, groups = _pool_clips(root, opts, seed)
     return Pool(
         labels=labels,
-        class_names=(*words, "_unknown_", "_silence_"),
-        read=_reader(root, clips, spec),
+        class_names=(*opts.words, "_unknown_", "_silence_"),
+        read=_reader(root, clips, opts.features),
         groups=groups,
         fit_norm=True,
         fit_dims=(0, 1),

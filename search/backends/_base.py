@@ -40,6 +40,9 @@ class Backend(Protocol):
     """Three calls, like an Optuna sampler: propose, learn, and a name for the records."""
 
     name: str
+    # tell() writes to a store outside the run folder (an Optuna database): the loop writes
+    # the run folder's trials first, so a process killed in between loses nothing it told
+    persistent: bool
 
     def ask(self, n: int) -> NDArray[np.float64]:
         """At most ``n`` gene rows to evaluate next (fewer or none when the space is exhausted).

@@ -169,6 +169,7 @@ class OptunaBackend:
                 self._store = self._disk
             if self._store is not None:
                 self._restore(history)
+        self.persistent = self._store is not None
         if self._disk is not None:
             self._study.add_trials(self._disk.get_trials(deepcopy=False,
                                                          states=(TrialState.COMPLETE,)))

@@ -196,6 +196,7 @@ class PymooNSGA2:
     """NSGA-II on the gene matrix; one generation per ``ask``/``tell`` pair."""
 
     name = "pymoo_nsga2"
+    persistent = False
 
     def __init__(self, *, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int, n_obj: int,
                  n_constr: int, history: History) -> None:

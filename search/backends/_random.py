@@ -22,6 +22,7 @@ class RandomSearch:
     """Samples :meth:`EarlyExitSpace.sample_matrix`; a resumed run re-seeds from (seed, done)."""
 
     name = "random"
+    persistent = False
 
     def __init__(self, *, space: EarlyExitSpace, batch: int, seed: int, history: History) -> None:
         self._space, self._batch = space, batch

@@ -11,10 +11,15 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from evaluators.data import DataError, load_data
+from evaluators.data import DataError, DataSettings, DataSplits, load_data
 from evaluators.data._audio import MfccSpec, mel_filterbank, mfcc
 
 SR = 16000
+
+
+def _load(cfg: dict[str, Any], *, seed: int) -> DataSplits:
+    """``load_data`` on a ``data`` mapping, parsed as the entry points parse it."""
+    return load_data(DataSettings.from_mapping(cfg), seed=seed)
 
 
 def _write_cifar(root: Path, per_batch: int = 10) -> np.ndarray:
@@ -50,7 +55,7 @@ def test_cifar10_reads_all_six_batches(tmp_path: Path) -> None:
     raw = _write_cifar(tmp_path)
     cfg = {"name": "cifar10", "loader": "cifar10", "root": str(tmp_path), "num_classes": 10,
            "splits": {"train": 40, "val": 10, "test": 10}}  # fmt: skip
-    data = load_data(cfg, seed=0)
+    data = _load(cfg, seed=0)
     assert data.input_shape == (3, 32, 32) and data.class_names[0] == "airplane"
     assert len(data.train) + len(data.val) + len(data.test) == 60  # the test batch is in the pool
     x, _ = data.test[0]
@@ -64,7 +69,7 @@ def test_missing_dataset_names_path_and_fix(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     for loader in ("cifar10", "speech_commands", "mitbih"):
         with pytest.raises(DataError) as err:
-            load_data({"loader": loader, "root": str(missing), "download": False}, seed=0)
+            _load({"loader": loader, "root": str(missing), "download": False}, seed=0)
         message = str(err.value)
         assert "\n" not in message and str(missing) in message
         assert "data.root=" in message and "data.download=true" in message
@@ -104,7 +109,7 @@ def test_speech_commands_twelve_class_layout(tmp_path: Path) -> None:
            "words": ["yes", "no"],
            "unknown_percentage": 50, "silence_percentage": 50,
            "splits": {"train": None, "val": None, "test": None}}  # fmt: skip
-    data = load_data(cfg, seed=0)
+    data = _load(cfg, seed=0)
     assert data.class_names == ("yes", "no", "_unknown_", "_silence_")
     assert data.input_shape == (1, 49, 10)
     # val: 2 known clips (yes, no) + ceil(50 % of 2) unknown + ceil(50 % of 2) silence
@@ -115,7 +120,7 @@ def test_speech_commands_twelve_class_layout(tmp_path: Path) -> None:
     x_train, _ = data.train.tensors()  # type: ignore[attr-defined]
     # features are standardised per coefficient with train statistics
     assert torch.allclose(x_train.mean(dim=(0, 1, 2)), torch.zeros(10), atol=1e-4)
-    again = load_data(cfg, seed=0)
+    again = _load(cfg, seed=0)
     assert again.fingerprint == data.fingerprint
 
 
@@ -123,7 +128,7 @@ def test_speech_commands_needs_split_lists(tmp_path: Path) -> None:
     _write_speech_commands(tmp_path)
     (tmp_path / "testing_list.txt").unlink()
     with pytest.raises(DataError, match=r"testing_list\.txt"):
-        load_data({"loader": "speech_commands", "root": str(tmp_path)}, seed=0)
+        _load({"loader": "speech_commands", "root": str(tmp_path)}, seed=0)
 
 
 def test_mfcc_front_end_matches_mlperf_shape_and_sees_pitch() -> None:
@@ -166,7 +171,7 @@ def test_mitbih_beats_in_aami_classes(tmp_path: Path) -> None:
     counts = _write_mitbih(tmp_path)
     cfg = {"name": "mitbih", "loader": "mitbih", "root": str(tmp_path), "window": 187, "before": 90,
            "splits": {"train": 12, "val": 4, "test": None}}  # fmt: skip
-    data = load_data(cfg, seed=0)
+    data = _load(cfg, seed=0)
     assert data.class_names == ("N", "S", "V", "F", "Q") and data.input_shape == (1, 187)
     labels = np.concatenate([d.tensors()[1].numpy() for d in (data.train, data.val, data.test)])  # type: ignore[attr-defined]
     assert np.bincount(labels, minlength=5).tolist() == list(counts.values())
@@ -179,7 +184,7 @@ def test_npz_loader(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     x = np.random.default_rng(0).normal(size=(40, 2, 16)).astype(np.float32)
     np.savez(path, x=x, y=np.arange(40) % 4, class_names=np.array(["a", "b", "c", "d"]))
-    data = load_data({"name": "mine", "loader": "npz", "path": str(path),
+    data = _load({"name": "mine", "loader": "npz", "path": str(path),
                       "splits": {"train": 20, "val": 8, "test": 8}}, seed=0)  # fmt: skip
     assert (
         data.input_shape == (2, 16)
@@ -193,9 +198,9 @@ def test_npz_loader(tmp_path: Path) -> None:
     )
     np.savez(path, x=x)
     with pytest.raises(DataError, match="has no array 'y'"):
-        load_data({"loader": "npz", "path": str(path)}, seed=0)
+        _load({"loader": "npz", "path": str(path)}, seed=0)
     with pytest.raises(DataError, match=r"data\.path="):
-        load_data({"loader": "npz", "path": "???"}, seed=0)
+        _load({"loader": "npz", "path": "???"}, seed=0)
 
 
 def test_generic_loader_instantiates_target() -> None:
@@ -204,10 +209,10 @@ def test_generic_loader_instantiates_target() -> None:
                "transform": {"_target_": "torchvision.transforms.ToTensor"}}  # fmt: skip
     cfg = {"name": "fake", "loader": "generic", "num_classes": 3, "dataset": dataset,
            "splits": {"train": 25, "val": 10, "test": 10}}  # fmt: skip
-    data = load_data(cfg, seed=0)
+    data = _load(cfg, seed=0)
     assert data.input_shape == (1, 8, 8) and data.num_classes == 3 and len(data.test) == 10
     with pytest.raises(DataError, match=r"data\.dataset\._target_"):
-        load_data({"loader": "generic", "dataset": {"_target_": "???"}}, seed=0)
+        _load({"loader": "generic", "dataset": {"_target_": "???"}}, seed=0)
 
 
 @pytest.mark.filterwarnings("ignore:The inplace keyword")  # pandas deprecations inside wfdb
@@ -221,12 +226,13 @@ def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> N
     cfg = {"name": "mitbih", "loader": "mitbih", "root": str(tmp_path),
            "protocol": "inter_patient",
            "splits": {"train": beats * len(DS1) - 20, "val": None, "test": None}}
-    data = load_data(cfg, seed=0)
+    data = _load(cfg, seed=0)
     # train and val share the DS1 beats, test takes every DS2 beat and nothing else
     assert (len(data.train), len(data.val), len(data.test)) == (
         beats * len(DS1) - 20, 20, beats * len(DS2))
     # by content: the beats of the DS2 records (noise differs per record) are exactly test's
-    pool = mitbih_load({"root": str(tmp_path), "records": list(DS2)}, seed=0)
+    pool = mitbih_load(DataSettings.from_mapping(
+        {"loader": "mitbih", "root": str(tmp_path), "records": list(DS2)}), seed=0)
     ds2 = {row.numpy().tobytes() for row in pool.read(np.arange(len(pool.labels)))}
 
     def rows(split: Any) -> set[bytes]:
@@ -235,7 +241,7 @@ def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> N
     assert rows(data.test) == ds2 and not (rows(data.train) | rows(data.val)) & ds2
     held = {**cfg, "val_records": ["118", "208"], "splits": {"train": None, "val": None,
                                                               "test": None}}
-    data = load_data(held, seed=0)
+    data = _load(held, seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (
         beats * (len(DS1) - 2), beats * 2, beats * len(DS2))
     for bad, match in (({"protocol": "leave_one_out"}, "data.protocol='leave_one_out'"),
@@ -244,10 +250,10 @@ def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> N
                        ({"protocol": "intra_patient", "val_records": ["118"]},
                         "needs data.protocol=inter_patient")):
         with pytest.raises(DataError, match=match):
-            load_data({**cfg, **bad}, seed=0)
+            _load({**cfg, **bad}, seed=0)
     (tmp_path / "234.hea").unlink()
     with pytest.raises(DataError, match=r"234\.hea"):
-        load_data(cfg, seed=0)
+        _load(cfg, seed=0)
 
 
 def test_cifar10_decode_equals_torchvisions_loader(
@@ -267,7 +273,7 @@ def test_cifar10_decode_equals_torchvisions_loader(
     monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(_MEAN, _STD)])
     ref = [CIFAR10(str(tmp_path), train=t, transform=transform) for t in (True, False)]
-    pool = load({"root": str(tmp_path)}, seed=0)
+    pool = load(DataSettings.from_mapping({"loader": "cifar10", "root": str(tmp_path)}), seed=0)
     n = len(pool.labels)
     assert n == len(ref[0]) + len(ref[1]) == 72
     raw = pool.read(np.arange(n))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
-from evaluators.data import DataError, load_data
+from evaluators.data import DataError, DataSettings, DataSplits, load_data
 from evaluators.data._splits import SplitError, stratified_split
 
 MNIST = {"name": "mnist5k", "loader": "mnist5k", "splits": {"train": 300, "val": 100, "test": 100}}
+
+
+def _load(cfg: dict[str, Any], *, seed: int) -> DataSplits:
+    """``load_data`` on a ``data`` mapping, parsed as the entry points parse it."""
+    return load_data(DataSettings.from_mapping(cfg), seed=seed)
 
 
 def test_split_sizes_are_exact_disjoint_and_stratified() -> None:
@@ -46,7 +53,7 @@ def test_split_too_large_names_the_key() -> None:
 
 
 def test_mnist5k_splits() -> None:
-    data = load_data(MNIST, seed=0)
+    data = _load(MNIST, seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (300, 100, 100)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
     assert data.class_names == tuple("0123456789")
@@ -57,14 +64,14 @@ def test_mnist5k_splits() -> None:
     assert (
         -0.5 < float(xs.min()) < -0.4 and 2.7 < float(xs.max()) < 2.9
     )  # (0 or 1 - 0.1307) / 0.3081
-    assert load_data(MNIST, seed=0).fingerprint == data.fingerprint
-    assert load_data(MNIST, seed=1).fingerprint != data.fingerprint
+    assert _load(MNIST, seed=0).fingerprint == data.fingerprint
+    assert _load(MNIST, seed=1).fingerprint != data.fingerprint
 
 
 def test_bad_data_config_gives_one_line_errors() -> None:
     with pytest.raises(DataError, match=r"unknown data\.loader='mnist'"):
-        load_data({**MNIST, "loader": "mnist"}, seed=0)
+        _load({**MNIST, "loader": "mnist"}, seed=0)
     with pytest.raises(DataError, match=r"data.num_classes=7 but mnist5k has 10"):
-        load_data({**MNIST, "num_classes": 7}, seed=0)
+        _load({**MNIST, "num_classes": 7}, seed=0)
     with pytest.raises(DataError, match=r"data.splits.test=4901"):
-        load_data({**MNIST, "splits": {"train": 50, "val": 50, "test": 4901}}, seed=0)
+        _load({**MNIST, "splits": {"train": 50, "val": 50, "test": 4901}}, seed=0)

@@ -19,12 +19,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import conf
-from evaluators.data import DataError, load_data
+from evaluators.data import DataError, DataSettings, DataSplits, load_data
 from evaluators.heads import head_family_from_config
 from evaluators.models import build_architecture
 from evaluators.platform import platform_from_config
 from search.backends import History, make_backend
-from search.loop import SearchSettings
+from search.config import to_config
+from search.settings import SearchSettings
 from spaces.space import build_space
 from tests._synthetic import synthetic_platform, synthetic_split
 from tests.search._datasets import RUN_FILES, search_cli, shared_cache, write_dataset
@@ -44,6 +45,11 @@ EXPECTED = {
 # which test_every_model_option_builds instantiates and runs (keeps the suite within budget)
 END_TO_END = ["default", "kws_speech_commands", "ecg_mitbih", "resnet152_cifar10"]
 TINY_SPLITS = {"train": 40, "val": 20, "test": 20}
+
+
+def _load(cfg: dict[str, Any], *, seed: int) -> DataSplits:
+    """``load_data`` on a ``data`` mapping, parsed as the entry points parse it."""
+    return load_data(DataSettings.from_mapping(cfg), seed=seed)
 
 
 def _options(group: str) -> list[str]:
@@ -117,8 +123,6 @@ def _data_overrides(option: str, root: Path, tmp_path: Path) -> list[str]:
         return ["data.dataset._target_=torchvision.datasets.FakeData", "+data.dataset.size=150",
                 "+data.dataset.image_size=[1,8,8]", "+data.dataset.num_classes=3",
                 "+data.dataset.transform._target_=torchvision.transforms.ToTensor"]
-    if option == "speech_commands":  # through the experiment, which quotes the words
-        return ["+experiment=kws_speech_commands", f"data.root={root / option}"]
     return [] if option == "mnist5k" else [f"data.root={root / option}"]
 
 
@@ -127,7 +131,7 @@ def test_every_data_option_loads(option: str, data_root: Path, tmp_path: Path) -
     overrides = [f"data={option}", *_data_overrides(option, data_root, tmp_path),
                  *(f"data.splits.{k}={v}" for k, v in TINY_SPLITS.items())]
     cfg = _compose(overrides)["data"]
-    data = load_data(cfg, seed=0)
+    data = _load(cfg, seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (40, 20, 20)
     x, y = data.train[0]
     assert tuple(x.shape) == data.input_shape and x.dtype == torch.float32
@@ -149,12 +153,15 @@ def test_heads_space_and_search_options_instantiate(tmp_path: Path) -> None:
         settings = SearchSettings.from_mapping(cfg)
         assert settings.backend == option
         (tmp_path / option).mkdir()
-        backend = make_backend(option, space=space, cfg=cfg, seed=0, n_obj=3, n_constr=2,
-                               run_dir=tmp_path / option,
-                               history=History(genomes=[], F=np.zeros((0, 3)), G=np.zeros((0, 2))))
-        genomes = backend.ask(4)
-        assert 1 <= len(genomes) <= 4
-        assert all(space.decode(g) is not None for g in genomes)
+        backend = make_backend(option, space=space, cfg=to_config(settings), seed=0, n_obj=3,
+                               n_constr=2, run_dir=tmp_path / option,
+                               history=History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 3)),
+                                               G=np.zeros((0, 2))))
+        rows = backend.ask(4)
+        assert 1 <= len(rows) <= 4 and rows.shape[1] == space.n_genes
+        for config in space.configs(space.repair_matrix(rows)):  # EENNs the space can hold
+            assert len(config.exits) <= space.max_exits
+            assert len(config.boundaries) == space.n_links
 
 
 def _check_run_folder(run: Path, name: str) -> None:
@@ -236,7 +243,7 @@ def test_data_root_with_other_files_names_it(data: str, writer: str, message: st
                                              data_root: Path) -> None:
     cfg = _compose([f"data={data}", f"data.root={data_root / writer}"])["data"]
     with pytest.raises(DataError, match=message) as err:
-        load_data(cfg, seed=0)
+        _load(cfg, seed=0)
     text = str(err.value)
     assert "\n" not in text and str(data_root / writer) in text and "data.root=" in text
 
@@ -246,5 +253,5 @@ def test_corrupt_cifar_batch_names_the_file(tmp_path: Path) -> None:
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     cfg = _compose(["data=cifar10", f"data.root={root}"])["data"]
     with pytest.raises(DataError, match="data_batch_3") as err:
-        load_data(cfg, seed=0)
+        _load(cfg, seed=0)
     assert "\n" not in str(err.value)

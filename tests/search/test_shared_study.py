@@ -72,6 +72,11 @@ def _db_values(trials: list[optuna.trial.FrozenTrial]) -> Counter[tuple[float, .
     return Counter(tuple(float(v) for v in t.values) for t in trials)
 
 
+def _logged(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials a run folder logged; a repeat of an EENN its run evaluated before has index -1."""
+    return [t for t in trials if t.user_attrs.get("eenn_run", [None, -1])[1] >= 0]
+
+
 def _front(points: np.ndarray) -> set[tuple[float, ...]]:
     """Non-dominated rows (minimisation), by a plain pairwise check."""
     keep = set()
@@ -107,11 +112,14 @@ def test_workers_share_one_study_and_survive_a_kill(tmp_path: Path, pg: Postgres
         assert p.returncode == 0, err[-3000:]
     frames = [pd.read_parquet(tmp_path / f"w{w}" / "trials.parquet") for w in (1, 2)]
     assert [len(f) for f in frames] == [30, 30]
-    trials = _complete(pg, study)
-    assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert sorted(t.number for t in trials) == list(range(60))
-    # every trial recorded once, none lost: the database holds exactly the workers' trials
+    every = _complete(pg, study)
+    assert all(t.state == TrialState.COMPLETE for t in every)
+    assert sorted(t.number for t in every) == list(range(len(every)))
+    trials = _logged(every)
+    # every trial recorded once, none lost: the database's logged trials are the workers' trials
     assert _db_values(trials) == _values(frames[0]) + _values(frames[1])
+    # the rest repeat an EENN already logged (told so the sampler learns, not logged again)
+    assert set(_db_values(every) - _db_values(trials)) <= set(_db_values(trials))
     # the database's Pareto front is the front of the workers' reported fronts
     reported = pd.concat([pd.read_csv(tmp_path / f"w{w}" / "pareto.csv") for w in (1, 2)])
     db_front = {tuple(float(v) for v in t.values)
@@ -121,7 +129,8 @@ def test_workers_share_one_study_and_survive_a_kill(tmp_path: Path, pg: Postgres
     # a worker killed in the middle of its search
     victim = _popen(_args(pg, study, 3, tmp_path / "w3", 3000), tmp_path, cache)
     deadline = time.monotonic() + 300
-    while sum(t.state == TrialState.COMPLETE for t in _complete(pg, study)) < 60 + POPULATION:
+    while len(_logged([t for t in _complete(pg, study)
+                       if t.state == TrialState.COMPLETE])) < 60 + POPULATION:
         assert victim.poll() is None, victim.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the worker told nothing within 300 s"
         time.sleep(0.2)
@@ -133,7 +142,7 @@ def test_workers_share_one_study_and_survive_a_kill(tmp_path: Path, pg: Postgres
     assert set(states) <= {TrialState.COMPLETE, TrialState.RUNNING}
     assert states[TrialState.RUNNING] <= POPULATION  # at most the batch in flight
     orphans = {t.number for t in after_kill if t.state == TrialState.RUNNING}
-    done_after_kill = [t for t in after_kill if t.state == TrialState.COMPLETE]
+    done_after_kill = _logged([t for t in after_kill if t.state == TrialState.COMPLETE])
     told = _db_values(done_after_kill) - _db_values(trials)
     assert not _db_values(trials) - _db_values(done_after_kill)  # earlier trials intact
     assert 0 < sum(told.values()) < 3000
@@ -151,7 +160,7 @@ def test_workers_share_one_study_and_survive_a_kill(tmp_path: Path, pg: Postgres
     assert sorted(t.number for t in final) == list(range(len(final)))
     assert not [t for t in final if t.state == TrialState.RUNNING]
     assert {t.number for t in final if t.state == TrialState.FAIL} == orphans
-    complete = [t for t in final if t.state == TrialState.COMPLETE]
+    complete = _logged([t for t in final if t.state == TrialState.COMPLETE])
     new = _values(pd.read_parquet(tmp_path / "w4" / "trials.parquet"))
     assert sum(new.values()) == 20
     assert _db_values(complete) == _db_values(done_after_kill) + new

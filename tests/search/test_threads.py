@@ -37,8 +37,8 @@ def test_requested_count_wins_and_negative_is_an_error() -> None:
 def test_apply_sets_torch_threads_outside_hydra() -> None:
     before = torch.get_num_threads()
     try:
-        assert apply_cpu_threads({"cpu_threads": 1}) == 1 == torch.get_num_threads()
+        assert apply_cpu_threads(1) == 1 == torch.get_num_threads()
         torch.set_num_threads(before)
-        assert apply_cpu_threads({"cpu_threads": 0}) == before  # torch's default stays
+        assert apply_cpu_threads(0) == before  # torch's default stays
     finally:
         torch.set_num_threads(before)
