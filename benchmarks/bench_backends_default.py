@@ -106,7 +106,7 @@ def main() -> None:
                 s_cfg["budget"] = 1  # SearchSettings needs >= 1; the one random trial is dropped
             run_dir = Path(tmp) / f"{backend}_{seed}_{'_'.join(base)}"
             t1 = time.perf_counter()
-            res = run_search(evaluator=val_ev, space=space, cfg_search=s_cfg,
+            res = run_search(evaluator=val_ev, space=space, settings=s_cfg,
                              objectives=objectives, constraints=cfg["constraints"], seed=seed,
                              run_dir=run_dir, progress=False)
             wall = time.perf_counter() - t1

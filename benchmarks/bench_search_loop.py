@@ -65,7 +65,7 @@ def _search(cfg: dict[str, Any], space: Any, ev: Any, *, backend: str, budget: i
         search["storage"] = ":memory:"
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
-        result = run_search(evaluator=ev, space=space, cfg_search=search,
+        result = run_search(evaluator=ev, space=space, settings=search,
                             objectives=cfg["objectives"], constraints=cfg["constraints"],
                             seed=0, run_dir=Path(run_dir), progress=False)
         return result, time.perf_counter() - t0

@@ -105,7 +105,7 @@ def _search(ev: ProxyEvaluator, space: EarlyExitSpace, backend: str, budget: int
         t = time.perf_counter()
         cfg = {"backend": backend, "budget": budget, "population": pop, "batch": pop,
                "baselines": [], "storage": ":memory:"}
-        res = run_search(evaluator=ev, space=space, cfg_search=cfg, objectives=OBJECTIVES,
+        res = run_search(evaluator=ev, space=space, settings=cfg, objectives=OBJECTIVES,
                          constraints=CONSTRAINTS, seed=seed, run_dir=Path(d), progress=False)
         wall = time.perf_counter() - t
     rows = res.records.sort_values("trial")

@@ -23,6 +23,7 @@ and the margin grows as val shrinks (thresholds tuned on val overfit).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -82,6 +83,35 @@ class ConstraintSpec:
             memory=g.flag("memory", d.memory),
             max_latency_s=g.number("max_latency_s", d.max_latency_s, optional=True),
         )
+
+    @property
+    def z(self) -> float:
+        """Normal quantile of each one-sided Wilson bound (Bonferroni split of ``confidence``)."""
+        return NormalDist().inv_cdf(1.0 - (1.0 - self.confidence) / 2.0)
+
+    def smallest_drop_bound(self, n_val: int) -> float:
+        """The lowest ``accuracy_drop_ub`` any EENN with an exit can reach on ``n_val`` samples.
+
+        One sample leaves early and agrees with the backbone: the bound is
+        ``z^2 / ((1 + z^2) * n_val)`` (Wilson's upper bound for 0 of 1); more samples
+        leaving early only raise it.
+        """
+        z2 = self.z ** 2
+        return z2 / ((1.0 + z2) * n_val)
+
+    def val_size_note(self, n_val: int) -> str:
+        """Why no EENN with an exit can be feasible on ``n_val`` val samples, or ""."""
+        if self.max_accuracy_drop is None or n_val <= 0:
+            return ""
+        floor = self.smallest_drop_bound(n_val)
+        if floor <= self.max_accuracy_drop:
+            return ""
+        need = math.ceil(self.z ** 2 / ((1.0 + self.z ** 2) * self.max_accuracy_drop))
+        return (f"val has {n_val} samples: no EENN with an exit can meet "
+                f"constraints.max_accuracy_drop={self.max_accuracy_drop:g} at confidence "
+                f"{self.confidence:g} (the smallest upper bound on the drop is {floor:.3f}); "
+                f"use at least {need} val samples or constraints.max_accuracy_drop="
+                f"{math.ceil(floor * 1000) / 1000:g}")
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -29,10 +29,8 @@ def _on_device(space: EarlyExitSpace, device: int) -> tuple[int, ...]:
 
 
 def manual_configs(*, space: EarlyExitSpace, costs: BackboneCosts, val: SplitPredictions,
-                   n_thresholds: int = 64) -> ConfigBatch:
+                   n_thresholds: int) -> ConfigBatch:
     """The manual recipe's configurations (``n_thresholds`` per device placement), as arrays."""
-    if n_thresholds < 1:
-        raise ValueError(f"search.manual_thresholds={n_thresholds!r} must be >= 1")
     n_c = space.n_candidates
     k = min(space.max_exits, n_c)
     cands = np.unique(np.linspace(0, n_c - 1, k).round().astype(np.int64)) if k else \

@@ -150,6 +150,11 @@ def main(cfg: DictConfig) -> None:
     _print(frame, title=f"exit candidates of {settings.model.name}", csv=csv)
 
 
+# candidates.csv goes beside inspections, not among search runs (results/runs)
+INSPECT_DIR = "hydra.run.dir=results/inspect/${now:%Y-%m-%d_%H-%M-%S}"
+
 if __name__ == "__main__":
     check_model_choice(sys.argv[1:])
+    if not any(a.startswith("hydra.run.dir=") for a in sys.argv[1:]):
+        sys.argv.append(INSPECT_DIR)
     main()

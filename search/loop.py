@@ -30,41 +30,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator
-from search.backends import BACKENDS, History, make_backend
+from search.backends import History, make_backend
 from search.baselines import manual_configs
 from search.results import TrialLog, scores_to_records, write_results
 from search.rundir import batch_to_json, config_from_json, hypervolumes
+from search.settings import SearchSettings
 from spaces.space import EarlyExitSpace
 
-__all__ = ["SearchResult", "SearchSettings", "run_search"]
+__all__ = ["SearchResult", "run_search"]
 
 # asks in a row that bring no EENN not evaluated before: the backend only finds repeats
 _STALE_ASKS = 50
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchSettings:
-    """``conf/search/<backend>.yaml``."""
-
-    backend: str
-    budget: int
-    population: int
-    baselines: tuple[str, ...] = ("random", "manual")
-    manual_thresholds: int = 64
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> SearchSettings:
-        backend = str(cfg.get("backend", "pymoo_nsga2"))
-        if backend not in BACKENDS:
-            raise ValueError(f"search.backend={backend!r} is not one of {BACKENDS}")
-        budget = int(cfg.get("budget", 3000))
-        if budget < 1:
-            raise ValueError(f"search.budget={budget!r} must be >= 1 evaluations")
-        base = tuple(str(b) for b in (cfg.get("baselines") or ()))
-        if set(base) - {"random", "manual"}:
-            raise ValueError(f"search.baselines={list(base)!r}: use a subset of [random, manual]")
-        return cls(backend=backend, budget=budget, population=int(cfg.get("population", 50)),
-                   baselines=base, manual_thresholds=int(cfg.get("manual_thresholds", 64)))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -145,19 +121,19 @@ class _Context:
                        G=rows[[f"cv_{c}" for c in self.spec.names]].to_numpy(float))
 
 
-def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, budget: int,
+def _drive(ctx: _Context, *, strategy: str, settings: SearchSettings, seed: int, budget: int,
            run_dir: Path) -> None:
     """Ask/tell ``strategy``'s backend until ``budget`` trials of it are recorded."""
     done = ctx.log.count(strategy)
     if done >= budget:
         return
-    backend = make_backend(strategy, space=ctx.space, cfg=cfg, seed=seed,
+    backend = make_backend(strategy, space=ctx.space, settings=settings, seed=seed,
                            n_obj=len(ctx.objectives), n_constr=len(ctx.spec.names),
                            run_dir=run_dir, history=ctx.history(strategy),
                            objectives=ctx.objectives)
     seen, stale = ctx.seen(strategy), 0
     with tqdm(total=budget, initial=done, desc=strategy, disable=not ctx.progress,
-              unit="eval", leave=False) as bar:
+              unit="eval") as bar:
         while done < budget and stale < _STALE_ASKS:
             X = backend.ask(budget - done)
             if not len(X):
@@ -172,12 +148,17 @@ def _drive(ctx: _Context, *, strategy: str, cfg: Mapping[str, Any], seed: int, b
             bar.update(new)
 
 
-def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: Mapping[str, Any],
-               objectives: Sequence[str], constraints: Mapping[str, Any] | ConstraintSpec,
-               seed: int, run_dir: Path, test_evaluator: ProxyEvaluator | None = None,
+def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace,
+               settings: SearchSettings | Mapping[str, Any], objectives: Sequence[str],
+               constraints: Mapping[str, Any] | ConstraintSpec, seed: int, run_dir: Path,
+               test_evaluator: ProxyEvaluator | None = None,
                progress: bool = True) -> SearchResult:
-    """Run the configured search and the reference strategies; write the run folder's results."""
-    settings = SearchSettings.from_mapping(cfg_search)
+    """Run the configured search and the reference strategies; write the run folder's results.
+
+    ``settings`` and ``constraints`` are typed settings (a mapping is parsed first).
+    """
+    if not isinstance(settings, SearchSettings):
+        settings = SearchSettings.from_mapping(settings)
     spec = constraints if isinstance(constraints, ConstraintSpec) else \
         ConstraintSpec.from_mapping(constraints)
     objectives = tuple(objectives)
@@ -191,12 +172,12 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace, cfg_search: 
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        _drive(ctx, strategy=settings.backend, cfg=cfg_search, seed=seed,
+        _drive(ctx, strategy=settings.backend, settings=settings, seed=seed,
                budget=settings.budget, run_dir=run_dir)
         seconds[settings.backend] = time.perf_counter() - t0
         if "random" in settings.baselines and settings.backend != "random":
             t0 = time.perf_counter()
-            _drive(ctx, strategy="random", cfg=cfg_search, seed=seed + 1,
+            _drive(ctx, strategy="random", settings=settings, seed=seed + 1,
                    budget=settings.budget, run_dir=run_dir)
             seconds["random"] = time.perf_counter() - t0
         if "manual" in settings.baselines and ctx.log.count("manual") == 0:

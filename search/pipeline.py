@@ -30,7 +30,8 @@ from evaluators.platform import Platform
 from evaluators.predictions import PredictionTable
 from evaluators.tables import build_prediction_table
 from search.config import ExperimentSettings, parse_config, plain
-from spaces.profile import BackboneProfile, profile_backbone
+from spaces._profile_cache import cached_profile
+from spaces.profile import BackboneProfile
 
 __all__ = ["Prepared", "plain", "prepare", "seed_everything"]  # plain: from search.config
 
@@ -71,7 +72,9 @@ def prepare(settings: ExperimentSettings | Mapping[str, Any] | DictConfig, *,
     data = load_data(s.data, seed=s.seed)
     model, info = get_backbone(s.model, data, cache_dir=s.cache_dir, seed=s.seed, device=s.device)
     example = torch.zeros(1, *data.input_shape)
-    profile = profile_backbone(model, example, **s.model.candidates.options())
+    profile = cached_profile(model, example, cache_dir=s.cache_dir,
+                             weights_hash=info.weights_hash,
+                             options=s.model.candidates.options())
     if not profile.candidates:
         raise ValueError(
             f"model {s.model.name!r} has no exit candidate; lower "

@@ -8,6 +8,7 @@ fills them from the proxy's scores.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ from search.rundir import (
 )
 
 __all__ = ["TrialLog", "choose", "exit_arrays", "exit_lists", "scores_to_records",
-           "write_results"]
+           "violations", "write_results"]
 
 
 def exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -215,6 +216,22 @@ def choose(df: pd.DataFrame, objectives: Sequence[str],
                   f"(trial {int(best['trial'])}) violates " + " and ".join(parts))
 
 
+def violations(row: pd.Series, spec: ConstraintSpec) -> tuple[dict[str, float], list[str]]:
+    """The constraints an infeasible trial breaks (by how much), and overrides that admit it."""
+    broken = {c[3:]: float(row[c]) for c in row.index if str(c).startswith("cv_") and row[c] > 0}
+    relax = []
+    if "accuracy_drop" in broken:
+        need = math.ceil(float(row["accuracy_drop_ub"]) * 1e4) / 1e4
+        relax.append(f"constraints.max_accuracy_drop={need:g}")
+    if "memory" in broken:
+        relax.append(f"constraints.memory=false (it needs {float(row['memory_ratio']):.2f}x "
+                     "a device's memory)")
+    if "latency" in broken:
+        need = float(row["worst_latency_s"]) * (1 + 1e-9)
+        relax.append(f"constraints.max_latency_s={need:.4g}")
+    return broken, relax
+
+
 def _figures(ev: ProxyEvaluator, cfg: EENNConfig, spec: ConstraintSpec) -> dict[str, Any]:
     batch = ConfigBatch.from_configs([cfg])
     s = ev.evaluate(batch)
@@ -240,6 +257,8 @@ def write_results(run_dir: Path, *, records: pd.DataFrame, objectives: Sequence[
     main.to_csv(run_dir / PARETO, index=False)
     row, message = choose(records, objectives, strategy)
     chosen: dict[str, Any] = {"strategy": strategy, "feasible": False, "message": message}
+    if row is not None and not bool(row["feasible"]):
+        chosen["violations"], chosen["relax"] = violations(row, constraints)
     if row is not None:
         cfg = config_from_json(str(row["config"]))
         chosen.update({

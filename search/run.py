@@ -6,6 +6,7 @@ tests call it directly with a composed (and shrunk) config.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evaluators.costs import path_costs
@@ -61,11 +63,18 @@ def backbone_reference(prepared: Prepared) -> dict[str, float]:
     }
 
 
-def _summary(prepared: Prepared, result: SearchResult, name: str) -> dict[str, Any]:
+def _summary(prepared: Prepared, result: SearchResult, name: str,
+             notes: list[str]) -> dict[str, Any]:
     """The run's ``summary.json`` (schema in results/README.md)."""
     platform = prepared.platform
+    chosen = result.chosen
     return {
         "experiment": name,
+        # what a sweep filters on: "feasible", or "no_feasible_eenn" with what binds
+        "status": "feasible" if chosen.get("feasible") else "no_feasible_eenn",
+        "violations": chosen.get("violations", {}),
+        "relax": chosen.get("relax", []),
+        "notes": notes,
         "objectives": list(result.objectives),
         "constraints": list(result.constraint_names),
         "strategy": result.strategy,
@@ -104,6 +113,17 @@ def _summary(prepared: Prepared, result: SearchResult, name: str) -> dict[str, A
     }
 
 
+def _infeasible_text(summary: Mapping[str, Any], message: str) -> str:
+    """The lines a run with no feasible EENN opens with ("" when it has one)."""
+    if summary["status"] == "feasible":
+        return ""
+    parts = ["NO FEASIBLE EENN: " + (message or "nothing was evaluated")]
+    if summary["relax"]:
+        parts.append("to admit the closest one, relax: " + "; ".join(summary["relax"]))
+    parts += summary["notes"]
+    return "\n".join(parts)
+
+
 def _change(new: float, old: float) -> str:
     """Relative change, signed: -90.0% means the EENN needs a tenth of the backbone's cost."""
     return f"{100.0 * (new / old - 1.0):+.1f}%" if old > 0 else "n/a"
@@ -115,14 +135,20 @@ def _mapping_text(config: Mapping[str, Any], prepared: Prepared) -> str:
     parts = []
     for d, device in enumerate(prepared.platform.devices):
         segs = [s for s in range(n_seg) if cfg.device_of_segment(s) == d]
-        parts.append(f"{device.name}: " + (f"segments {segs[0]}-{segs[-1]}" if segs else "relay"))
+        parts.append(f"{device.name}: " + (
+            f"segments {segs[0]}-{segs[-1]}" if segs else
+            "relay (runs no segment; forwards what it receives)"))
     return "; ".join(parts)
 
 
 def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: Prepared) -> Table:
     """The closing terminal table: chosen point against the backbone alone."""
     ref = summary["backbone"]
-    table = Table(title=f"chosen point (trial {chosen.get('trial')}, {chosen.get('strategy')})")
+    title = (f"chosen point (trial {chosen.get('trial')}, {chosen.get('strategy')})"
+             if chosen.get("feasible") else
+             f"NO FEASIBLE EENN - closest infeasible trial {chosen.get('trial')}, "
+             f"{chosen.get('strategy')} (not a result)")
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("backbone", justify="right")
     table.add_column("EENN", justify="right")
@@ -170,8 +196,11 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
         )
         or "none"
     )
-    shares = ", ".join(f"{100 * f:.1f}%" for f in val["exit_fractions"])
-    table.add_row("exits (metric " + config["metric"] + ")", "", exits, "")
+    places = [names[e["candidate"]] for e in config["exits"]] + ["backbone"]
+    shares = ", ".join(f"{w} {100 * f:.1f}%"
+                       for w, f in zip(places, val["exit_fractions"], strict=True))
+    # escaped: "[head]" would otherwise be read as rich markup and vanish
+    table.add_row("exits (metric " + config["metric"] + ")", "", escape(exits), "")
     table.add_row("exit distribution (val)", "", shares, "")
     table.add_row("device mapping", "", _mapping_text(config, prepared), "")
     return table
@@ -185,7 +214,8 @@ def run(
     progress: bool = True,
 ) -> RunOutcome:
     """Run the experiment ``cfg`` (parsed here unless it already is) into the folder ``run_dir``."""
-    console = console or Console()
+    # redirected output has no terminal width: keep names whole instead of rich's 80 columns
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     settings = parse_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +223,10 @@ def run(
     # written once preparation succeeded, so a failing call never overwrites a run's config
     (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
-    space = build_space(to_config(settings.space), val=table.val, platform=prepared.platform)
+    space = build_space(settings.space, val=table.val, platform=prepared.platform)
+    notes = [n for n in (settings.constraints.val_size_note(len(table.val.labels)),) if n]
+    for note in notes:  # before the search: it cannot find an EENN with an exit
+        console.print(f"[bold yellow]warning:[/] {note}")
     grid = space.threshold_grid
     evaluator = ProxyEvaluator(
         split=table.val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
@@ -204,7 +237,7 @@ def run(
     result = run_search(
         evaluator=evaluator,
         space=space,
-        cfg_search=to_config(settings.search),
+        settings=settings.search,
         objectives=list(settings.objectives),
         constraints=settings.constraints,
         seed=settings.seed,
@@ -212,18 +245,19 @@ def run(
         test_evaluator=test_evaluator,
         progress=progress,
     )
-    summary = _summary(prepared, result, settings.name)
+    summary = _summary(prepared, result, settings.name, notes)
     write_summary(run_dir, summary)
     write_report(run_dir)
     chosen = result.chosen
-    if result.message:
-        console.print(f"[bold red]{result.message}[/]")
-    if chosen.get("config"):
-        final = _final_table(summary, chosen, prepared)
-        console.print(final)
-        with (run_dir / SUMMARY_TXT).open("w") as fh:
+    opening = _infeasible_text(summary, result.message)
+    if opening:
+        console.print(f"[bold red]{opening}[/]")
+    with (run_dir / SUMMARY_TXT).open("w") as fh:
+        if opening:
+            fh.write(opening + "\n")
+        if chosen.get("config"):
+            final = _final_table(summary, chosen, prepared)
+            console.print(final)
             Console(file=fh, width=120).print(final)
-            if result.message:
-                fh.write(result.message + "\n")
     console.print(f"run folder: {run_dir}  (report: {run_dir / REPORT})")
     return RunOutcome(run_dir=run_dir, prepared=prepared, result=result, summary=summary)

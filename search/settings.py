@@ -13,10 +13,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from evaluators.settings import ConfigError, Group
-from search.backends._base import BACKENDS
 
 __all__ = ["BACKENDS", "BASELINES", "SearchSettings"]
 
+BACKENDS: tuple[str, ...] = ("pymoo_nsga2", "optuna_nsga2", "optuna_tpe", "random")
 BASELINES: tuple[str, ...] = ("random", "manual")
 
 
@@ -29,7 +29,7 @@ class SearchSettings:
     ``baselines``: reference strategies evaluated in the same run; ``manual_thresholds``:
     global thresholds the manual recipe sweeps per device placement.
 
-    pymoo (``MixedVariableMating``, tuned on benchmarks/bench_search_quality.py):
+    pymoo NSGA-II (its mixed-variable recipe, tuned on benchmarks/bench_search_quality.py):
     ``crossover_eta`` (SBX for integer/real genes), ``mutation_eta`` (polynomial mutation),
     ``mutation_prob`` (per gene; ``None``: pymoo's 1/n); ``inactive_genes``: ``keep`` lets
     evolving genomes keep the head/threshold genes of disabled exits, ``canonical`` resets them.

@@ -36,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from search.backends._storage import check_shared_study, redacted
-from search.config import ExperimentSettings, parse_config, plain, to_config
+from search.config import ExperimentSettings, parse_config, plain
 from search.errors import one_line_errors
 from search.rundir import WORKER
 from search.settings import SearchSettings
@@ -87,16 +87,16 @@ def work(cfg: ExperimentSettings | Mapping[str, Any] | DictConfig, *, run_dir: P
     check_shared_study(storage=storage, study_name=study_name, objectives=objectives)
     seed = settings.seed
     sampler_seed = int(np.random.SeedSequence([seed, int(worker)]).generate_state(1)[0] >> 1)
-    search_cfg = to_config(replace(settings.search, baselines=()))
+    search = replace(settings.search, baselines=())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(settings, progress=progress)
     table = prepared.predictions
-    space = build_space(to_config(settings.space), val=table.val, platform=prepared.platform)
+    space = build_space(settings.space, val=table.val, platform=prepared.platform)
     evaluators = [ProxyEvaluator(split=split, costs=prepared.costs, platform=prepared.platform,
                                  threshold_grid=space.threshold_grid)
                   for split in (table.val, table.test)]
-    result = run_search(evaluator=evaluators[0], space=space, cfg_search=search_cfg,
+    result = run_search(evaluator=evaluators[0], space=space, settings=search,
                         objectives=objectives, constraints=settings.constraints,
                         seed=sampler_seed, run_dir=run_dir, test_evaluator=evaluators[1],
                         progress=progress)

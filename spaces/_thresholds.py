@@ -11,34 +11,26 @@ constraint live. ``uniform`` is a fixed grid ``linspace(low, high, L)``;
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from evaluators.predictions import SplitPredictions
+from spaces.settings import ThresholdSettings
 
-__all__ = ["MODES", "threshold_grid"]
-
-MODES = ("quantile", "uniform", "continuous")
+__all__ = ["threshold_grid"]
 
 
-def threshold_grid(cfg: Mapping[str, Any], val: SplitPredictions,
+def threshold_grid(settings: ThresholdSettings, val: SplitPredictions,
                    metrics: Sequence[str]) -> dict[str, NDArray[np.float64]] | None:
     """metric -> (C, H, L) ascending thresholds, or None for continuous thresholds."""
-    mode = str(cfg.get("mode", "quantile"))
-    levels = int(cfg.get("levels", 32))
-    lo, hi = float(cfg.get("low", 0.0)), float(cfg.get("high", 1.0))
-    if mode not in MODES:
-        raise ValueError(f"space.thresholds.mode={mode!r} is not one of {MODES}")
-    if mode == "continuous":
+    if settings.mode == "continuous":
         return None
-    if not 2 <= levels <= 4096:
-        raise ValueError(f"space.thresholds.levels={levels!r} must be in 2..4096")
     n_c, n_h, _ = val.head_pred.shape
-    if mode == "uniform":
-        row = np.linspace(lo, hi, levels)
+    levels = settings.levels
+    if settings.mode == "uniform":
+        row = np.linspace(settings.low, settings.high, levels)
         return {m: np.broadcast_to(row, (n_c, n_h, levels)).copy() for m in metrics}
     q = 1.0 - (1.0 - np.arange(levels) / levels) ** 2
     return {m: _between_samples(val.conf(m), q) for m in metrics}

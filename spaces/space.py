@@ -41,6 +41,7 @@ from evaluators.platform import Platform
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ConfigBatch
 from spaces._thresholds import threshold_grid
+from spaces.settings import SpaceSettings
 
 __all__ = ["EarlyExitSpace", "Genome", "Var", "build_space"]
 
@@ -371,43 +372,20 @@ class EarlyExitSpace:
         return int(np.argmin(np.abs(row - e.threshold)))
 
 
-def build_space(cfg: Mapping[str, Any], *, val: SplitPredictions,
+def build_space(settings: SpaceSettings | Mapping[str, Any], *, val: SplitPredictions,
                 platform: Platform) -> EarlyExitSpace:
-    """Build the space from ``conf/space`` options, the val predictions and the platform."""
-    known = {"max_exits", "metric", "thresholds", "devices", "boundaries"}
-    if set(cfg) - known:
-        raise ValueError(f"unknown space option(s) {sorted(set(cfg) - known)}; use {sorted(known)}")
+    """The space of ``settings`` (a mapping is parsed first) on the val predictions."""
+    if not isinstance(settings, SpaceSettings):
+        settings = SpaceSettings.from_mapping(settings)
+    settings.check_platform(platform)
     n_c, n_h, _ = val.head_pred.shape
-    metric = str(cfg.get("metric", "max_softmax"))
-    if metric != "search" and metric not in METRICS:
-        raise ValueError(f"space.metric={metric!r} must be one of {METRICS} or 'search'")
-    metrics = METRICS if metric == "search" else (metric,)
-    max_exits = cfg.get("max_exits")
-    max_exits = n_c if max_exits is None else int(max_exits)
-    names = [d.name for d in platform.devices]
-    devices = []
-    for d in cfg.get("devices") or []:
-        if d in names:
-            devices.append(names.index(d))
-        elif isinstance(d, int) and 0 <= d < len(names):
-            devices.append(d)
-        else:
-            raise ValueError(f"space.devices entry {d!r} is not a device of {names}")
-    thr = cfg.get("thresholds") or {}
-    pinned = cfg.get("boundaries")
-    if pinned is not None and (isinstance(pinned, (str, int))
-                               or not all(isinstance(b, int) for b in pinned)):
-        raise ValueError(f"space.boundaries={pinned!r} must be a list of integers, one per link "
-                         f"(e.g. [3]), or null to search the device mapping")
-    if pinned is not None and len(pinned) != platform.n_devices - 1:
-        raise ValueError(f"space.boundaries={list(pinned)} must have one boundary per link of the "
-                         f"{platform.n_devices}-device chain ({platform.n_devices - 1}), "
-                         f"or be null to search the device mapping")
+    metrics = settings.metrics
+    thr = settings.thresholds
     return EarlyExitSpace(
         n_candidates=n_c, n_heads=n_h, n_devices=platform.n_devices,
-        max_exits=min(max_exits, n_c), metrics=metrics,
-        threshold_grid=threshold_grid(thr, val, metrics),
-        threshold_range=(float(thr.get("low", 0.0)), float(thr.get("high", 1.0))),
-        allowed_devices=tuple(sorted(set(devices))),
-        pinned_boundaries=tuple(pinned or ()),
+        max_exits=n_c if settings.max_exits is None else min(settings.max_exits, n_c),
+        metrics=metrics, threshold_grid=threshold_grid(thr, val, metrics),
+        threshold_range=(thr.low, thr.high),
+        allowed_devices=settings.allowed_devices(platform),
+        pinned_boundaries=tuple(settings.boundaries or ()),
     )

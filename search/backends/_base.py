@@ -9,19 +9,13 @@ backend can continue from them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from spaces.space import EarlyExitSpace
-
-__all__ = ["BACKENDS", "Backend", "History", "make_backend"]
-
-BACKENDS: tuple[str, ...] = ("pymoo_nsga2", "optuna_nsga2", "optuna_tpe", "random")
+__all__ = ["Backend", "History"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -64,30 +58,3 @@ class Backend(Protocol):
     def generation(self) -> int:
         """Generation (or batch) number of the genomes the last ``ask`` returned."""
         ...
-
-
-def make_backend(name: str, *, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int,
-                 n_obj: int, n_constr: int, run_dir: Path, history: History,
-                 objectives: Sequence[str] | None = None) -> Backend:
-    """Build backend ``name`` with options from ``conf/search/<name>.yaml``.
-
-    ``objectives`` (names) lets a stored Optuna study be checked against the run's objectives.
-    """
-    population = int(cfg.get("population", 50))
-    if population < 2:
-        raise ValueError(f"search.population={population!r} must be >= 2")
-    if name == "pymoo_nsga2":
-        from search.backends._pymoo import PymooNSGA2
-
-        return PymooNSGA2(space=space, cfg=cfg, seed=seed, n_obj=n_obj, n_constr=n_constr,
-                          history=history)
-    if name in ("optuna_nsga2", "optuna_tpe"):
-        from search.backends._optuna import OptunaBackend
-
-        return OptunaBackend(name=name, space=space, cfg=cfg, seed=seed, n_obj=n_obj,
-                             run_dir=run_dir, history=history, objectives=objectives)
-    if name == "random":
-        from search.backends._random import RandomSearch
-
-        return RandomSearch(space=space, batch=population, seed=seed, history=history)
-    raise ValueError(f"search.backend={name!r} is not one of {BACKENDS}")

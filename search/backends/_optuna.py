@@ -41,9 +41,9 @@ from search.backends._storage import (
     check_shared_study,
     connect,
     fail_stale_trials,
-    heartbeat_settings,
 )
 from search.rundir import OPTUNA_DB
+from search.settings import SearchSettings
 from spaces.space import EarlyExitSpace
 
 __all__ = ["OptunaBackend"]
@@ -71,16 +71,15 @@ def _distributions(space: EarlyExitSpace) -> dict[str, BaseDistribution]:
     return out
 
 
-def _sampler(name: str, cfg: Mapping[str, Any], seed: int,
-             population: int) -> optuna.samplers.BaseSampler:
+def _sampler(name: str, settings: SearchSettings, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler; constraints via Trial.set_constraint (Optuna >= 5) or constraints_func."""
     func = None if _HAS_SET_CONSTRAINT else _constraints
     if name == "optuna_nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
+        return optuna.samplers.NSGAIISampler(population_size=settings.population, seed=seed,
                                              constraints_func=func)
     return optuna.samplers.TPESampler(seed=seed, constraints_func=func,
-                                      n_startup_trials=int(cfg.get("n_startup_trials", 20)),
-                                      multivariate=bool(cfg.get("multivariate", True)),
+                                      n_startup_trials=settings.n_startup_trials,
+                                      multivariate=settings.multivariate,
                                       constant_liar=True)
 
 
@@ -129,16 +128,15 @@ class OptunaBackend:
     between the two), so the study and the run folder agree.
     """
 
-    def __init__(self, *, name: str, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int,
+    def __init__(self, *, name: str, space: EarlyExitSpace, settings: SearchSettings, seed: int,
                  n_obj: int, run_dir: Path, history: History,
                  objectives: Sequence[str] | None = None) -> None:
         self.name = name
         self._space = space
-        population = int(cfg.get("population", 50))
-        self._batch = int(cfg.get("batch") or population)
-        explicit = cfg.get("storage")
+        self._batch = settings.batch_size
+        explicit = settings.storage
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study_name = str(cfg.get("study_name") or name)
+        study_name = settings.study_name or name
         self._run = _run_id(run_dir)
         self._offset = len(history)
         self._heartbeat: Heartbeat | None = None
@@ -146,13 +144,13 @@ class OptunaBackend:
         self._dists = _distributions(space)
         with _quiet():
             if explicit and explicit != ":memory:":  # shared: the sampler reads the storage
-                rdb = connect(str(explicit), **dict(zip(("heartbeat_s", "grace_s"),
-                                                        heartbeat_settings(cfg), strict=True)))
+                rdb = connect(str(explicit), heartbeat_s=settings.heartbeat_s,
+                              grace_s=settings.grace_s)
                 probe = _open(rdb, study_name=study_name, objectives=objectives, n_obj=n_obj,
                               sampler=None)
                 fail_stale_trials(probe)
                 stored = len(probe.get_trials(deepcopy=False))
-                sampler = _sampler(name, cfg, _seed(seed, len(history), stored), population)
+                sampler = _sampler(name, settings, _seed(seed, len(history), stored))
                 self._disk = None
                 self._study = optuna.load_study(study_name=study_name, storage=rdb,
                                                 sampler=sampler)
@@ -160,7 +158,7 @@ class OptunaBackend:
                 weakref.finalize(self, self._heartbeat.close)
                 self._store = self._study
             else:
-                sampler = _sampler(name, cfg, _seed(seed, len(history)), population)
+                sampler = _sampler(name, settings, _seed(seed, len(history)))
                 self._disk = None if explicit == ":memory:" else _open(
                     connect(f"sqlite:///{Path(run_dir).resolve() / OPTUNA_DB}"),
                     study_name=study_name, objectives=objectives, n_obj=n_obj, sampler=None)

@@ -37,7 +37,6 @@ identical to an uninterrupted one.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +50,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.randomized_argsort import randomized_argsort
 
 from search.backends._base import History
+from search.settings import SearchSettings
 from spaces.space import EarlyExitSpace
 
 __all__ = ["PymooNSGA2"]
@@ -72,9 +72,8 @@ class _Family:
     prob_var: float
 
 
-def _families(space: EarlyExitSpace, cfg: Mapping[str, Any]) -> list[_Family]:
-    """The space's genes grouped by kind; per-gene mutation rate from ``search.mutation_prob``."""
-    p_m = cfg.get("mutation_prob", 0.1)
+def _families(space: EarlyExitSpace, p_m: float | None) -> list[_Family]:
+    """The space's genes grouped by kind; ``p_m``: per-gene mutation rate (None: pymoo's 1/n)."""
     out = []
     for kind in ("bool", "int", "float", "choice"):
         genes = [(i, v) for i, v in enumerate(space.variables) if v.kind == kind]
@@ -198,16 +197,12 @@ class PymooNSGA2:
     name = "pymoo_nsga2"
     persistent = False
 
-    def __init__(self, *, space: EarlyExitSpace, cfg: Mapping[str, Any], seed: int, n_obj: int,
-                 n_constr: int, history: History) -> None:
-        self._size = int(cfg.get("population", 100))
-        inactive = str(cfg.get("inactive_genes", "keep"))
-        if inactive not in ("keep", "canonical"):
-            raise ValueError(f"search.inactive_genes={inactive!r} must be 'keep' or 'canonical'")
-        self._space, self._keep = space, inactive == "keep"
-        self._variation = _Variation(families=_families(space, cfg),
-                                     eta_c=float(cfg.get("crossover_eta", 15)),
-                                     eta_m=float(cfg.get("mutation_eta", 5)))
+    def __init__(self, *, space: EarlyExitSpace, settings: SearchSettings, seed: int,
+                 history: History) -> None:
+        self._size = settings.population
+        self._space, self._keep = space, settings.inactive_genes == "keep"
+        self._variation = _Variation(families=_families(space, settings.mutation_prob),
+                                     eta_c=settings.crossover_eta, eta_m=settings.mutation_eta)
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, len(history)]))
         self._seen: set[bytes] = set(space.keys(history.X)) if len(history) else set()
         self._pop: _Population | None = None

@@ -16,7 +16,7 @@ import datetime
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -27,7 +27,6 @@ __all__ = [
     "check_shared_study",
     "connect",
     "fail_stale_trials",
-    "heartbeat_settings",
     "redacted",
 ]
 
@@ -42,20 +41,6 @@ def redacted(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy can parse: quote it as given
         return url
-
-
-def heartbeat_settings(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """(heartbeat_s, grace_s) from ``search.heartbeat_s`` / ``search.grace_s`` (60 s / 180 s).
-
-    A worker whose heartbeat is older than the grace period is taken for dead: its asked
-    trials become FAIL. The grace must exceed the heartbeat interval (Optuna wants integers).
-    """
-    beat = int(cfg.get("heartbeat_s") or 60)
-    grace = int(cfg.get("grace_s") or 3 * beat)
-    if beat < 1 or grace <= beat:
-        raise ValueError(f"search.heartbeat_s={beat!r}, search.grace_s={grace!r}: use "
-                         "heartbeat_s >= 1 and grace_s > heartbeat_s (e.g. 60 and 180)")
-    return beat, grace
 
 
 def connect(storage: str, *, heartbeat_s: int | None = None, grace_s: int | None = None,

@@ -37,6 +37,7 @@ from evaluators.eenn import METRICS, EENNConfig
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search import rundir
+from search.config import ExperimentSettings, parse_config
 from search.deploy.runtime import RunRecord, build_eenn, run_dataset
 from search.errors import one_line_errors
 from search.pipeline import Prepared, prepare
@@ -53,7 +54,7 @@ class LoadedRun:
     """A run folder reloaded: its config, trials, summary and the prepared pipeline."""
 
     run_dir: Path
-    cfg: dict[str, Any]
+    settings: ExperimentSettings
     trials: pd.DataFrame
     summary: dict[str, Any]
     chosen: dict[str, Any]
@@ -77,7 +78,8 @@ def load_run(run_dir: Path, *, progress: bool = False) -> LoadedRun:
                              "restore it (or the run's cache_dir) or start a new run "
                              "with python -m search")
         cfg = {**cfg, "model": {**model_cfg, "checkpoint": str(checkpoint)}}
-    prepared = prepare(cfg, progress=progress)
+    settings = parse_config(cfg)
+    prepared = prepare(settings, progress=progress)
     want, have = summary.get("weights_hash"), prepared.backbone.weights_hash
     if want and want != have:
         raise ValueError(f"the backbone no longer matches run {run_dir}: weights hash {have[:12]} "
@@ -87,8 +89,8 @@ def load_run(run_dir: Path, *, progress: bool = False) -> LoadedRun:
     if names and names != list(prepared.costs.candidate_names):
         raise ValueError(f"the exit candidates changed since run {run_dir} ({names} -> "
                          f"{list(prepared.costs.candidate_names)}); start a new run")
-    return LoadedRun(run_dir=run_dir, cfg=cfg, trials=trials, summary=summary, chosen=chosen,
-                     prepared=prepared)
+    return LoadedRun(run_dir=run_dir, settings=settings, trials=trials, summary=summary,
+                     chosen=chosen, prepared=prepared)
 
 
 def select_trials(trials: pd.DataFrame, chosen: dict[str, Any], points: str,
@@ -167,7 +169,7 @@ def _figures(record: RunRecord, paths: PathCosts, n_exits: int) -> dict[str, Any
 def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> dict[str, Any]:
     """Measured val/test figures of one configuration and its agreement with the proxy."""
     prep = run.prepared
-    device = resolve_device(str(run.cfg.get("device", "cpu")))
+    device = resolve_device(run.settings.device)
     eenn = build_eenn(prep.model, config, candidates=prep.profile.candidates,
                       heads=prep.heads.heads, n_devices=prep.platform.n_devices)
     paths = path_costs(config, prep.costs, prep.platform)
@@ -220,8 +222,14 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
             **done[text],
         })
     df = pd.DataFrame(rows)
-    if write:
-        df.to_csv(run.run_dir / EVALUATED, index=False)
+    if write:  # points evaluated by an earlier call stay; these replace their own rows
+        path = run.run_dir / EVALUATED
+        if path.is_file():
+            old = pd.read_csv(path)
+            df_all = pd.concat([old[~old["trial"].isin(df["trial"])], df], ignore_index=True)
+            df_all.sort_values("trial").to_csv(path, index=False)
+        else:
+            df.to_csv(path, index=False)
     return df
 
 
@@ -254,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.deploy.evaluate",
                                      description="Run a search's points as real EENNs on val/test.")
     parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
-    parser.add_argument("--points", default="pareto",
+    parser.add_argument("--points", "--point", dest="points", default="pareto",
                         help="all | pareto (default) | chosen | trial ids like 3,17,42")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)

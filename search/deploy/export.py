@@ -339,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.deploy.export",
                                      description="Export a run's point as per-device ONNX graphs.")
     parser.add_argument("run", type=Path, help="run folder (results/runs/<date_time>)")
-    parser.add_argument("--point", default="chosen", help="chosen (default) or a trial id")
+    parser.add_argument("--point", "--points", dest="point", default="chosen",
+                        help="chosen (default) or one trial id")
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export/trial_<id>")
     parser.add_argument("--int8", action="store_true",
                         help="also write int8 graphs for the int8 devices and manifest_int8.json")

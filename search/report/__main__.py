@@ -1,8 +1,9 @@
-"""``python -m search.report RUN [RUN ...] [--out FILE]``.
+"""``python -m search.report PATH [PATH ...] [--out FILE]``.
 
-One run folder: (re)write its ``report.html`` (or ``--out``). Several: write
-one comparison page (default ``comparison.html`` in the current folder).
-Errors are one line on stderr and exit status 2.
+One run folder: (re)write its ``report.html`` (or ``--out``). Anything else (several
+run folders, a sweep folder such as results/multirun/<time>, a glob): one page
+comparing every run found (default ``comparison.html`` in the current folder) and its
+records as ``comparison.json`` beside it. Errors are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,32 +15,28 @@ from pathlib import Path
 
 from search.report._compare_page import write_comparison
 from search.report._page import write_report
+from search.report._runs import is_run_folder
 from search.rundir import RunFolderError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search.report",
-        description="Write a run's report.html (one folder) or a page comparing several runs.",
+        description="Write a run's report.html (one run folder) or a page comparing runs "
+        "(several run folders, sweep folders, globs).",
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<date_time>)")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        help="run folders (results/runs/<time>), sweep folders (results/multirun/<time>) or "
+        "globs ('results/runs/2026-*'; quote them)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="output file (default: RUN/report.html, or comparison.html for several runs)",
-    )
-    parser.add_argument(
-        "--max-drop",
-        type=float,
-        default=0.01,
-        help="comparison: best point needs accuracy >= min backbone accuracy - MAX_DROP",
-    )
-    parser.add_argument(
-        "--min-accuracy",
-        type=float,
-        default=None,
-        help="comparison: fixed accuracy threshold (overrides --max-drop)",
+        help="output file (default: RUN/report.html for one run, else comparison.html; the "
+        "comparison's records go to the same name with .json)",
     )
     return parser
 
@@ -48,15 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if len(args.runs) == 1:
-            written = write_report(args.runs[0], out=args.out)
+        if len(args.paths) == 1 and is_run_folder(Path(args.paths[0])):
+            written = write_report(Path(args.paths[0]), out=args.out)
         else:
-            written = write_comparison(
-                args.runs,
-                out=args.out or Path("comparison.html"),
-                max_drop=args.max_drop,
-                min_accuracy=args.min_accuracy,
-            )
+            written = write_comparison(args.paths, out=args.out or Path("comparison.html"))
     except RunFolderError as exc:  # ReportError included
         print(f"error: {exc}", file=sys.stderr)
         return 2

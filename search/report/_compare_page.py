@@ -1,7 +1,9 @@
-"""The comparison page: several runs' fronts, hypervolumes on one reference, best points.
+"""The comparison page: groups over seeds, attainment surfaces, hypervolume spread and tests.
 
-Typical use: the same model on different platforms, backends or seeds. The
-runs are compared on the objectives they share (see ``_compare``).
+``write_comparison`` finds the runs (run folders, sweep folders, globs), computes
+the records (:func:`~search.report._compare.compare_runs`), writes them as
+``<out>.json`` beside the page, then draws the page from them. The page is one
+self-contained HTML file (plotly.js inlined once, nothing fetched).
 """
 
 from __future__ import annotations
@@ -10,172 +12,144 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
-from search.report._compare import ComparisonInfo, get_comparison_info
-from search.report._figures import HV_AXIS, STRATEGY_COLOURS, label, scale_text
+from search.report._compare import Comparison, compare_runs
+from search.report._compare_figures import (
+    attainment_figure,
+    fronts_figure,
+    hypervolume_box_figure,
+    hypervolume_curve_figure,
+)
+from search.report._figures import label, scale_text
+from search.report._groups import IGNORED
 from search.report._html import FigureEmbedder, page, table_html
-from search.rundir import load_run
+from search.report._runs import ReportError, find_runs
 
-__all__ = ["comparison_figure", "hypervolume_bar_figure", "render_comparison", "write_comparison"]
-
-
-def comparison_figure(info: ComparisonInfo) -> go.Figure:
-    """Each run's feasible points (faded) and front (accuracy vs the shared primary cost)."""
-    fig = go.Figure()
-    for k, (name, p) in enumerate(zip(info.labels, info.points, strict=True)):
-        colour = STRATEGY_COLOURS[k % 10]
-        fig.add_trace(
-            go.Scatter(
-                x=p.cost[p.feasible],
-                y=p.accuracy[p.feasible],
-                mode="markers",
-                opacity=0.25,
-                marker={"color": colour, "size": 5},
-                name=f"{name}: feasible",
-                legendgroup=name,
-                hovertext=np.asarray(p.hover)[p.feasible],
-                hoverinfo="text",
-            )
-        )
-        idx = np.flatnonzero(p.front_2d)
-        idx = idx[np.argsort(p.cost[idx], kind="stable")]
-        fig.add_trace(
-            go.Scatter(
-                x=p.cost[idx],
-                y=p.accuracy[idx],
-                mode="lines+markers",
-                line={"shape": "hv", "color": colour},
-                marker={"size": 8, "color": colour},
-                name=f"{name}: front",
-                legendgroup=name,
-                hovertext=np.asarray(p.hover)[idx],
-                hoverinfo="text",
-            )
-        )
-        best = info.best[k]
-        if best.trial is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[best.cost],
-                    y=[best.accuracy],
-                    mode="markers",
-                    showlegend=False,
-                    legendgroup=name,
-                    marker={
-                        "symbol": "circle-open",
-                        "size": 18,
-                        "color": colour,
-                        "line": {"width": 3},
-                    },
-                    hovertext=[f"{name}: best point, trial {best.trial}"],
-                    hoverinfo="text",
-                )
-            )
-    fig.add_hline(
-        y=info.min_accuracy,
-        line={"dash": "dot", "color": "gray"},
-        annotation_text=f"accuracy threshold {info.min_accuracy:.4f}",
-    )
-    fig.update_layout(
-        template="plotly_white",
-        height=560,
-        title="Fronts of the compared runs",
-        xaxis={"title": label(info.cost)},
-        yaxis={"title": "accuracy (val)"},
-        legend={"orientation": "h", "y": -0.2},
-    )
-    return fig
+__all__ = ["render_comparison", "write_comparison"]
 
 
-def hypervolume_bar_figure(info: ComparisonInfo) -> go.Figure:
-    """Final hypervolume of each run's main strategy on the common scale."""
-    fig = go.Figure(
-        go.Bar(
-            x=list(info.labels),
-            y=list(info.hypervolume),
-            marker={"color": [STRATEGY_COLOURS[k % 10] for k in range(len(info.labels))]},
-            text=[f"{v:.4f}" for v in info.hypervolume],
-            textposition="outside",
-        )
-    )
-    fig.update_layout(
-        template="plotly_white",
-        height=420,
-        title="Hypervolume of each run's main strategy, one scale for all runs",
-        yaxis={"title": HV_AXIS},
-    )
-    return fig
+def _groups_table(c: Comparison) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "group": g.label, "runs": g.hypervolume.n,
+        "seeds": ", ".join("?" if s is None else str(s) for s in g.seeds),
+        "hypervolume median": g.hypervolume.median, "q25": g.hypervolume.q25,
+        "q75": g.hypervolume.q75, "IQR": g.hypervolume.iqr, "min": g.hypervolume.minimum,
+        "max": g.hypervolume.maximum} for g in c.groups])
 
 
-def _best_table(info: ComparisonInfo) -> pd.DataFrame:
-    cost = label(info.cost)
+def _tests_table(c: Comparison) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "group A": c.groups[t.a].label, "group B": c.groups[t.b].label, "n A": t.n_a,
+        "n B": t.n_b, "test": t.test, "U (of A)": t.statistic, "p": t.p_value,
+        "A12 = P(HV of A > HV of B)": t.a12} for t in c.tests])
+
+
+def _runs_table(c: Comparison) -> pd.DataFrame:
     rows = []
-    for b in info.best:
-        saving = None
-        if b.cost is not None and b.backbone_cost:
-            saving = round(1.0 - b.cost / b.backbone_cost, 6)
-        rows.append(
-            {
-                "run": b.label,
-                "trial": b.trial,
-                "accuracy (val)": b.accuracy,
-                cost: b.cost,
-                "backbone accuracy (val)": b.backbone_accuracy,
-                f"backbone {cost}": b.backbone_cost,
-                "saving vs backbone": saving,
-            }
-        )
+    for r in c.runs:
+        row: dict[str, object] = {
+            "run": r.label, "seed": r.seed,
+            "evaluations": r.evaluations, "feasible": r.feasible, "hypervolume": r.hypervolume,
+            "chosen trial": None if r.chosen is None else r.chosen.trial,
+            "chosen accuracy (val)": None if r.chosen is None else r.chosen.accuracy,
+            "chosen accuracy (test)": None if r.chosen is None else r.chosen.test_accuracy}
+        for j, o in enumerate(c.objectives):
+            if o != "error":
+                row[f"chosen {label(o)}"] = None if r.chosen is None else r.chosen.values[j]
+        row["folder"] = r.folder
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def render_comparison(info: ComparisonInfo, *, folders: Sequence[Path]) -> str:
+def _diff_html(c: Comparison) -> str:
+    d = c.diff
+    if not d.keys:
+        return "<p>The runs' composed configs are identical.</p>"
+    columns = [f"{k} (ignored)" if ign else k for k, ign in zip(d.keys, d.ignored, strict=True)]
+    frame = pd.DataFrame([[r.label, *v] for r, v in zip(c.runs, d.values, strict=True)],
+                         columns=["run", *columns])
+    return (f"<details><summary>Full config diff: {len(d.keys)} key(s) differ between the runs "
+            f"(click to show)</summary><p class=\"note\">Keys marked (ignored) do not separate "
+            f"groups: {html.escape(', '.join(IGNORED))} and keys below them.</p>"
+            f"{table_html(frame, table_id='eenn-compare-diff')}</details>")
+
+
+def _notes_html(c: Comparison) -> str:
+    if not c.notes:
+        return ""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes)
+    return (f'<div class="warning" id="eenn-compare-notes"><b>Read with care:</b>'
+            f"<ul>{items}</ul></div>")
+
+
+def _figures_html(c: Comparison, embed: FigureEmbedder) -> list[str]:
+    if c.scale is None:  # nothing feasible: the notes say so; draw the hypervolumes only
+        return ["<h2>Attainment surfaces and fronts</h2>",
+                '<p class="warning">Not drawn: no run has a feasible point.</p>']
+    return [
+        "<h2>Attainment surfaces over seeds</h2>",
+        '<p class="note">Empirical attainment function of each group\'s feasible fronts '
+        "(moocore.eaf): the median line bounds the goals reached by at least half of the "
+        "group's runs, the band those reached by at least 25% but not by 75% of them (with n "
+        "runs, p% means at least ceil(p n / 100) runs; a run without a feasible point reaches "
+        "nothing). With three or more objectives, one panel per pair of objectives "
+        "(the runs' fronts projected onto it).</p>",
+        embed(attainment_figure(c), div_id="eenn-compare-eaf"),
+        "<h2>Each run's front and chosen point</h2>",
+        f'<p class="note">Chosen point: {html.escape(c.chosen_rule)}.</p>',
+        embed(fronts_figure(c), div_id="eenn-compare-fronts"),
+    ]
+
+
+def render_comparison(c: Comparison) -> str:
     """The comparison page of computed records, as an HTML string."""
     embed = FigureEmbedder()
-    listing = "".join(f"<li><code>{html.escape(str(f))}</code></li>" for f in folders)
-    hv_rows = pd.DataFrame({"run": list(info.labels), "hypervolume": list(info.hypervolume)})
-    body = "\n".join(
-        [
-            f"<p>Runs:</p><ul>{listing}</ul><p>Shared objectives (minimised): "
-            f"{html.escape(', '.join(info.objectives))}; "
-            f"primary cost: {html.escape(info.cost)}.</p>",
-            "<h2>Fronts</h2>",
-            embed(comparison_figure(info), div_id="eenn-compare-fronts"),
-            "<h2>Hypervolume</h2>",
-            embed(hypervolume_bar_figure(info), div_id="eenn-compare-hv"),
-            '<p class="note">pymoo.indicators.hv.HV of each run\'s feasible main-strategy points '
-            "on the shared objectives, as defined in search/rundir.py, with one scale for all "
-            "runs: ideal and nadir over the feasible points of every strategy of every compared "
-            "run, reference 1.1 in every scaled objective. Scale: "
-            f"{html.escape(scale_text(info.scale))}.</p>",
-            table_html(hv_rows, table_id="eenn-compare-hv-table"),
-            "<h2>Best point per run</h2>",
-            f'<p class="note">Cheapest feasible point (by {html.escape(info.cost)}) with '
-            f"{html.escape(info.accuracy_rule)}; backbone energy/latency are those of the backbone "
-            "alone on the last device.</p>",
-            table_html(_best_table(info), table_id="eenn-compare-best"),
-        ]
-    )
-    return page(title=f"EENN search comparison: {len(info.labels)} runs", body=body)
+    figures = _figures_html(c, embed)
+    body = [
+        f"<p>{len(c.runs)} runs in {len(c.groups)} group(s) of runs that differ only in the "
+        f"seed. Shared objectives (minimised): {html.escape(', '.join(c.objectives))}; primary "
+        f"cost: {html.escape(c.cost)}.</p>",
+        _notes_html(c),
+        "<h2>Groups</h2>",
+        table_html(_groups_table(c), table_id="eenn-compare-groups"),
+        "<h2>Runs and what differs between them</h2>",
+        '<p class="note">Labels name the config keys that differ (a config group by its name, '
+        "e.g. platform=mcu_fog; other keys by their path); the full diff is below.</p>",
+        table_html(_runs_table(c), table_id="eenn-compare-runs"),
+        _diff_html(c),
+        *figures[:3],
+        "<h2>Hypervolume over seeds</h2>",
+        embed(hypervolume_box_figure(c), div_id="eenn-compare-hv"),
+        '<p class="note">pymoo.indicators.hv.HV of each run\'s feasible main-strategy points on '
+        "the shared objectives, as defined in search/rundir.py, on one scale for all compared "
+        "runs: ideal and nadir over the feasible trials of every strategy of every run, "
+        f"reference 1.1 in every scaled objective. Scale: {html.escape(scale_text(c.scale))}. "
+        "Quartiles: linear interpolation (numpy). Test: two-sided Mann-Whitney U (scipy) "
+        "between every two groups, runs of different configurations being independent "
+        "samples; A12 is Vargha and Delaney's effect size U / (n_A n_B). p-values are not "
+        "corrected for multiple comparisons.</p>",
+        table_html(_tests_table(c), table_id="eenn-compare-tests") if c.tests
+        else "<p>One group: no test between groups.</p>",
+        embed(hypervolume_curve_figure(c), div_id="eenn-compare-hv-curve"),
+        *figures[3:],
+    ]
+    return page(title=f"EENN search comparison: {len(c.runs)} runs, {len(c.groups)} groups",
+                body="\n".join(body))
 
 
-def write_comparison(
-    run_dirs: Sequence[Path],
-    *,
-    out: Path,
-    max_drop: float = 0.01,
-    min_accuracy: float | None = None,
-) -> Path:
-    """Write one page comparing ``run_dirs`` to ``out`` and return ``out``.
+def write_comparison(paths: Sequence[str | Path], *, out: Path) -> Path:
+    """Compare the runs that ``paths`` name (run folders, sweep folders, globs); return ``out``.
 
-    The accuracy threshold of the best-point table is ``min_accuracy`` when
-    given, else min over runs of (backbone val accuracy - ``max_drop``).
+    Writes the records to ``out`` with suffix ``.json`` and the page to ``out``.
     """
-    runs = [load_run(Path(d)) for d in run_dirs]
-    info = get_comparison_info(runs, max_drop=max_drop, min_accuracy=min_accuracy)
     out = Path(out)
+    if out.suffix == ".json":
+        raise ReportError(f"--out {out} would be overwritten by the records (<out>.json); "
+                          "name the page .html")
+    found = find_runs(paths)
+    comparison = compare_runs(found.runs, skipped=found.skipped)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_comparison(info, folders=[r.path for r in runs]), encoding="utf-8")
+    out.with_suffix(".json").write_text(comparison.to_json(), encoding="utf-8")
+    out.write_text(render_comparison(comparison), encoding="utf-8")
     return out

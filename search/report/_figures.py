@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -144,9 +146,7 @@ def _backbone_traces(info: ParetoFrontInfo) -> list[go.Scatter]:
         go.Scatter(
             x=[x],
             y=[y],
-            mode="markers+text",
-            text=[" / ".join(names)],
-            textposition="bottom left",
+            mode="markers",  # named in the legend and on hover: a text label hid the front
             marker={"symbol": "star", "size": 14, "color": "black"},
             name=" / ".join(names),
             hovertext=[f"{' / '.join(names)}<br>accuracy {y:.4f}<br>{label(info.cost)}: {x:.4g}"],
@@ -171,10 +171,21 @@ def pareto_figure(info: ParetoFrontInfo) -> go.Figure:
         height=560,
         title="Pareto front: accuracy vs " + label(info.cost) + " (click a point)",
         xaxis={"title": label(info.cost), "type": "log" if log else "linear"},
-        yaxis={"title": "accuracy (val)"},
+        yaxis={"title": "accuracy (val)", **_feasible_range(info)},
         legend={"groupclick": "toggleitem"},
     )
     return fig
+
+
+def _feasible_range(info: ParetoFrontInfo) -> dict[str, Any]:
+    """Open the accuracy axis on the feasible points and the backbone (double-click: all)."""
+    acc = np.concatenate([p.accuracy[p.feasible] for p in info.strategies] +
+                         [np.array([r.accuracy for r in info.backbone])])
+    if not len(acc):
+        return {}
+    lo, hi = float(acc.min()), float(acc.max())
+    pad = max(0.1 * (hi - lo), 0.002)
+    return {"range": [lo - pad, hi + pad]}
 
 
 def _costs(info: ParetoFrontInfo) -> list[str]:

@@ -21,6 +21,8 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 p.note { color: #555; font-size: 0.9em; }
+.warning { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 6px 12px; }
+details summary { cursor: pointer; color: #1f5fa8; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; }
 table.eenn { border-collapse: collapse; font-size: 0.85em; width: 100%; }
 table.eenn th, table.eenn td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; }

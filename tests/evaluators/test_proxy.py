@@ -132,3 +132,15 @@ def test_wrong_platform_is_one_line_error(setup) -> None:
     proxy = ProxyEvaluator(split=split, costs=costs, platform=synthetic_platform(2))
     with pytest.raises(ValueError, match="boundaries but platform"):
         proxy.evaluate([EENNConfig(exits=(), boundaries=(1, 2))])
+
+
+def test_val_too_small_for_the_accuracy_constraint_is_named() -> None:
+    """30 val samples: the smallest bound any exit reaches is 0.026 (> 0.01); 80 would do."""
+    from evaluators.proxy import ConstraintSpec
+
+    spec = ConstraintSpec(max_accuracy_drop=0.01, confidence=0.95)
+    assert spec.smallest_drop_bound(30) == pytest.approx(0.02645, abs=1e-5)
+    note = spec.val_size_note(30)
+    assert "val has 30 samples" in note and "at least 80 val samples" in note
+    assert "constraints.max_accuracy_drop=0.027" in note
+    assert spec.val_size_note(80) == "" and spec.val_size_note(79) != ""

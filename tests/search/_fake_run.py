@@ -11,7 +11,7 @@ summary.json is written by search.rundir.write_summary (schema version first).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,15 @@ def _summary(
     return summary
 
 
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping)
+        out[key] = _merged(old, value) if both else value
+    return out
+
+
 def write_fake_run(
     path: Path,
     *,
@@ -241,10 +250,13 @@ def write_fake_run(
     n_trials: int = 40,
     evaluated: bool = True,
     hypervolume: bool = True,
+    config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write trials.parquet, pareto.csv, chosen.yaml, summary.json, config.yaml, evaluated.csv.
 
     ``hypervolume=False`` leaves summary.json's hypervolume keys out (readers must not need them).
+    ``config`` is merged into config.yaml (nested mappings key by key), e.g. to give runs of
+    different data the same ``seed`` key.
     """
     path.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(seed=seed, objectives=objectives, strategies=strategies, n_trials=n_trials)
@@ -277,16 +289,13 @@ def write_fake_run(
             sort_keys=False,
         )
     )
-    (path / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "seed": seed,
-                "model": {"name": "mnist_cnn"},
-                "search": {"backend": strategies[0]},
-                "objectives": list(objectives),
-            }
-        )
-    )
+    composed = {
+        "seed": seed,
+        "model": {"name": "mnist_cnn"},
+        "search": {"backend": strategies[0]},
+        "objectives": list(objectives),
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(_merged(composed, config or {})))
     if evaluated:
         rng = np.random.default_rng(seed + 1)
         pts = frame[frame["pareto"] & (frame["strategy"] == strategies[0])]

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from evaluators.proxy import ConstraintSpec, ProxyEvaluator
 from search.backends import BACKENDS, History, make_backend
+from search.settings import SearchSettings
 from spaces.space import build_space
 from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
 
@@ -35,7 +36,8 @@ def problem():
 def _backend(name, space, seed, tmp_path, history=None):
     cfg = {"population": 16, "batch": 8, "storage": ":memory:", "n_startup_trials": 8}
     empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
-    return make_backend(name, space=space, cfg=cfg, seed=seed, n_obj=2, n_constr=2,
+    return make_backend(name, space=space, settings=SearchSettings.from_mapping(cfg), seed=seed,
+                        n_obj=2, n_constr=2,
                         run_dir=tmp_path, history=history or empty)
 
 
@@ -122,7 +124,8 @@ def _shared(name, space, tmp_path, run, seed=0, history=None, objectives=OBJ2, *
            "study_name": "s", "n_startup_trials": 8, **extra}
     (tmp_path / run).mkdir(exist_ok=True)
     empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
-    return make_backend(name, space=space, cfg=cfg, seed=seed, n_obj=2, n_constr=2,
+    return make_backend(name, space=space, settings=SearchSettings.from_mapping(cfg), seed=seed,
+                        n_obj=2, n_constr=2,
                         run_dir=tmp_path / run, history=history or empty, objectives=objectives)
 
 
@@ -179,7 +182,8 @@ def test_unreachable_storage_is_one_line(problem, tmp_path) -> None:
     empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
     with pytest.raises(ValueError, match=r"^search\.storage=.*127\.0\.0\.1.* cannot be reached"
                                          r".*start the database or fix the URL") as err:
-        make_backend("optuna_tpe", space=space, cfg=cfg, seed=0, n_obj=2, n_constr=2,
+        make_backend("optuna_tpe", space=space, settings=SearchSettings.from_mapping(cfg), seed=0,
+                     n_obj=2, n_constr=2,
                      run_dir=tmp_path, history=empty)
     assert "\n" not in str(err.value) and "secret" not in str(err.value)
 

@@ -24,7 +24,6 @@ from evaluators.heads import head_family_from_config
 from evaluators.models import build_architecture
 from evaluators.platform import platform_from_config
 from search.backends import History, make_backend
-from search.config import to_config
 from search.settings import SearchSettings
 from spaces.space import build_space
 from tests._synthetic import synthetic_platform, synthetic_split
@@ -153,7 +152,7 @@ def test_heads_space_and_search_options_instantiate(tmp_path: Path) -> None:
         settings = SearchSettings.from_mapping(cfg)
         assert settings.backend == option
         (tmp_path / option).mkdir()
-        backend = make_backend(option, space=space, cfg=to_config(settings), seed=0, n_obj=3,
+        backend = make_backend(option, space=space, settings=settings, seed=0, n_obj=3,
                                n_constr=2, run_dir=tmp_path / option,
                                history=History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 3)),
                                                G=np.zeros((0, 2))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -114,3 +115,10 @@ def test_command_line_writes_csv(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
     assert "unknown model 'nope'" in bad.stderr
+    # without hydra.run.dir the table goes to results/inspect, never among search runs
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    plain = subprocess.run([sys.executable, "-m", "search.inspect", "model=mnist_cnn"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert list((tmp_path / "results" / "inspect").glob("*/candidates.csv"))
+    assert not (tmp_path / "results" / "runs").exists()

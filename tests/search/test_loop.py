@@ -15,6 +15,7 @@ from search.backends import History, make_backend
 from search.loop import run_search
 from search.results import TrialLog, scores_to_records
 from search.rundir import config_from_json
+from search.settings import SearchSettings
 from spaces.space import build_space
 from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
 
@@ -38,7 +39,7 @@ def _search(setup, run_dir, **cfg):
     space, ev, tev = setup
     cfg = {"backend": "pymoo_nsga2", "budget": 60, "population": 20, "manual_thresholds": 8,
            "baselines": ["random", "manual"], **cfg}
-    return run_search(evaluator=ev, space=space, cfg_search=cfg, objectives=["error", "macs"],
+    return run_search(evaluator=ev, space=space, settings=cfg, objectives=["error", "macs"],
                       constraints=CONSTRAINTS, seed=0, run_dir=run_dir, test_evaluator=tev,
                       progress=False)
 
@@ -70,7 +71,7 @@ def test_manual_recipe_follows_a_pinned_mapping(setup, tmp_path) -> None:
     pinned = build_space({"max_exits": 3, "thresholds": {"levels": 8}, "boundaries": [2, 4]},
                          val=ev.split, platform=ev.platform)
     res = run_search(evaluator=ev, space=pinned, test_evaluator=tev, objectives=["error", "macs"],
-                     cfg_search={"backend": "random", "budget": 20, "population": 10,
+                     settings={"backend": "random", "budget": 20, "population": 10,
                                  "baselines": ["manual"], "manual_thresholds": 8},
                      constraints=CONSTRAINTS, seed=0, run_dir=tmp_path, progress=False)
     configs = res.records["config"].map(lambda c: tuple(yaml.safe_load(c)["boundaries"]))
@@ -131,7 +132,7 @@ def test_interrupt_keeps_every_evaluated_trial(setup, tmp_path, monkeypatch) -> 
 
 def test_no_feasible_point_says_why(setup, tmp_path) -> None:
     space, ev, _ = setup
-    res = run_search(evaluator=ev, space=space, cfg_search={"backend": "random", "budget": 20,
+    res = run_search(evaluator=ev, space=space, settings={"backend": "random", "budget": 20,
                                                             "population": 10, "baselines": []},
                      objectives=["error", "latency"], constraints={**CONSTRAINTS,
                                                                    "max_latency_s": 1e-9},
@@ -154,7 +155,7 @@ def test_resume_with_other_objectives_is_refused(setup, tmp_path) -> None:
     space, ev, _ = setup
     _search(setup, tmp_path, budget=20, baselines=[])
     with pytest.raises(ValueError, match="new run folder"):
-        run_search(evaluator=ev, space=space, cfg_search={"backend": "random", "budget": 20},
+        run_search(evaluator=ev, space=space, settings={"backend": "random", "budget": 20},
                    objectives=["error", "energy"], constraints=CONSTRAINTS, seed=0,
                    run_dir=tmp_path, progress=False)
 
@@ -183,7 +184,7 @@ def test_space_exhausted_ends_the_search_early(tmp_path) -> None:
     distinct = 3
     for backend in ("pymoo_nsga2", "random"):
         res = run_search(evaluator=ev, space=space,
-                         cfg_search={"backend": backend, "budget": 50, "population": 4,
+                         settings={"backend": backend, "budget": 50, "population": 4,
                                      "baselines": []},
                          objectives=["error", "macs"], constraints=CONSTRAINTS, seed=0,
                          run_dir=tmp_path / backend, progress=False)
@@ -221,7 +222,7 @@ def test_inactive_genes_setting(setup, tmp_path, inactive) -> None:
     space, ev, _ = setup
     empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
     backend = make_backend("pymoo_nsga2", space=space, seed=0, n_obj=2, n_constr=2,
-                           cfg={"population": 20, "inactive_genes": inactive},
+                           settings=SearchSettings(population=20, inactive_genes=inactive),
                            run_dir=tmp_path, history=empty)
     spec = ConstraintSpec()
     kept = 0
@@ -233,8 +234,7 @@ def test_inactive_genes_setting(setup, tmp_path, inactive) -> None:
         kept += int(((X[:, 1:3 * C:3] != 0) & off).sum() + ((X[:, 2:3 * C:3] != 0) & off).sum())
     assert (kept > 0) == (inactive == "keep")
     with pytest.raises(ValueError, match="inactive_genes"):
-        make_backend("pymoo_nsga2", space=space, seed=0, n_obj=2, n_constr=2,
-                     cfg={"inactive_genes": "drop"}, run_dir=tmp_path, history=empty)
+        SearchSettings.from_mapping({"inactive_genes": "drop"})
 
 
 def test_no_logged_trial_has_an_exit_no_val_sample_takes(setup, tmp_path) -> None:

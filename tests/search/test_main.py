@@ -70,6 +70,10 @@ def test_run_writes_a_complete_run_folder(tmp_path: Path, cache_dir: Path) -> No
     assert chosen["val"]["macs"] < summary["backbone"]["macs"]
     if chosen["feasible"]:
         assert chosen["val"]["accuracy_drop_ub"] <= 0.01 + 1e-12
+    text = (run_dir / "summary.txt").read_text()
+    # every exit names its head, every share names where it leaves (the last: the backbone)
+    assert all(f"[{summary['heads'][e['head']]}]" in text for e in chosen["config"]["exits"])
+    assert "backbone " in text.split("exit distribution")[1].split("\n")[0]
 
 
 @pytest.mark.slow
@@ -119,3 +123,19 @@ def test_cli_runs_and_bad_override_is_one_line(tmp_path: Path, cache_dir: Path) 
     assert bad.returncode == 2
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "simulated_annealing" in lines[-1]
+
+
+@pytest.mark.slow
+def test_run_without_a_feasible_eenn_says_so(tmp_path: Path, cache_dir: Path) -> None:
+    cfg = _compose([*TINY, f"cache_dir={cache_dir}", "search.budget=40",
+                    "constraints.max_latency_s=1e-9"])
+    text = io.StringIO()
+    out = run(cfg, run_dir=tmp_path / "run", console=Console(file=text, width=200),
+              progress=False)
+    summary = json.loads((out.run_dir / "summary.json").read_text())
+    assert summary["status"] == "no_feasible_eenn"
+    assert summary["violations"]["latency"] > 0
+    assert any(r.startswith("constraints.max_latency_s=") for r in summary["relax"])
+    assert (out.run_dir / "summary.txt").read_text().startswith("NO FEASIBLE EENN")
+    assert text.getvalue().lstrip().startswith("NO FEASIBLE EENN")
+    assert "not a result" in text.getvalue()

@@ -340,4 +340,10 @@ def test_comparison_renders(browser: Browser, tmp_path: Path) -> None:
     out = write_comparison(runs, out=tmp_path / "comparison.html")
     session = open_page(browser, out)
     shot = screenshot(browser, session, "comparison", tmp_path)
-    assert_page_ok(browser, session, expected_plots=2, shot=shot)
+    # attainment surfaces, hypervolume box, hypervolume curves, fronts
+    assert_page_ok(browser, session, expected_plots=4, shot=shot)
+    # the full config diff is one click away: hidden, then shown by a click on its summary
+    shown = "document.getElementById('eenn-compare-diff').checkVisibility()"
+    assert evaluate(browser, session, shown) is False
+    evaluate(browser, session, "document.querySelector('details > summary').click()")
+    assert evaluate(browser, session, shown) is True

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evaluators.costs import path_costs
-from search.report._compare import ReportError, get_comparison_info
+from search.report._compare import ReportError, compare_runs
 from search.report._details import device_mapping, exit_distribution
 from search.report._records import (
     get_hypervolume_info,
@@ -195,37 +195,34 @@ def test_predicted_measured_pairs(tmp_path: Path) -> None:
     assert get_predicted_measured(run) == ()
 
 
-def test_comparison_uses_common_reference_and_threshold(tmp_path: Path) -> None:
+def test_comparison_uses_common_reference_and_chosen_points(tmp_path: Path) -> None:
     a = load_run(fake.write_fake_run(tmp_path / "a", seed=1, objectives=("error", "macs")))
     b = load_run(
         fake.write_fake_run(tmp_path / "b", seed=2, objectives=("error", "energy", "macs"))
     )
-    info = get_comparison_info([a, b], max_drop=0.03)
+    info = compare_runs([a, b])
     assert info.objectives == ("error", "macs") and info.cost == "macs"
     union = pd.concat([r.trials[r.trials["feasible"]][["obj_error", "obj_macs"]] for r in (a, b)])
     assert info.scale is not None
     np.testing.assert_array_equal(info.scale.ideal, union.min().to_numpy())
     np.testing.assert_array_equal(info.scale.nadir, union.max().to_numpy())
-    assert info.min_accuracy == pytest.approx(fake.BACKBONE_ACCURACY - 0.03)
-    for run, hv, best in zip((a, b), info.hypervolume, info.best, strict=True):
+    for run, record in zip((a, b), info.runs, strict=True):
         main = run.trials[run.trials["strategy"] == run.strategy]
-        ok = main[main["feasible"] & (main["accuracy"] >= info.min_accuracy)]
-        assert best.cost == pytest.approx(ok["obj_macs"].min())
         values = main[main["feasible"]][["obj_error", "obj_macs"]].to_numpy()
-        assert hv == pytest.approx(info.scale.hypervolume(values))
-        assert best.backbone_accuracy == fake.BACKBONE_ACCURACY
+        assert record.hypervolume == pytest.approx(info.scale.hypervolume(values))
+        assert record.chosen is not None and record.chosen.trial == run.summary["chosen_trial"]
+    assert any("left out (b: energy)" in n for n in info.notes)
     # a run compared with itself is on its own scale: its summary.json value
-    alone = get_comparison_info([a, a], max_drop=0.03)
-    assert alone.hypervolume == pytest.approx((a.summary["hypervolume"][a.strategy],) * 2)
-    strict = get_comparison_info([a, b], min_accuracy=0.9999)
-    assert [p.trial for p in strict.best] == [None, None]
+    alone = compare_runs([a, a])
+    assert [r.hypervolume for r in alone.runs] == pytest.approx(
+        [a.summary["hypervolume"][a.strategy]] * 2)
 
 
 def test_comparison_without_shared_cost_is_one_line_error(tmp_path: Path) -> None:
     a = load_run(fake.write_fake_run(tmp_path / "a", seed=1, objectives=("error", "macs")))
     b = load_run(fake.write_fake_run(tmp_path / "b", seed=2, objectives=("error", "energy")))
     with pytest.raises(ReportError, match=r"share no cost objective") as err:
-        get_comparison_info([a, b])
+        compare_runs([a, b])
     assert "\n" not in str(err.value) and "a: ['error', 'macs']" in str(err.value)
 
 
@@ -242,3 +239,16 @@ def test_not_a_run_folder_errors(tmp_path: Path) -> None:
     (run / "summary.json").write_text(json.dumps({"objectives": ["error", "latency"]}))
     with pytest.raises(RunFolderError, match=r"lacks columns \['obj_latency'\]"):
         load_run(run)
+
+
+def test_pareto_figure_opens_on_the_feasible_region(tmp_path: Path) -> None:
+    """The accuracy axis spans the feasible points and the backbone, not a 0.25-1 strip."""
+    from search.report._figures import pareto_figure
+
+    info = get_pareto_front_info(load_run(fake.write_fake_run(tmp_path / "r", seed=3)))
+    lo, hi = pareto_figure(info).layout.yaxis.range
+    feasible = np.concatenate([p.accuracy[p.feasible] for p in info.strategies])
+    backbone = [r.accuracy for r in info.backbone]
+    assert lo <= min(feasible.min(), *backbone) and hi >= max(feasible.max(), *backbone)
+    everything = np.concatenate([p.accuracy for p in info.strategies])
+    assert lo > everything.min()  # infeasible, far less accurate points are one zoom away

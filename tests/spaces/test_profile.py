@@ -96,3 +96,30 @@ def test_resnet18_totals_match_parameters_and_count_macs() -> None:
     assert profile.total_param_bytes == 4 * sum(p.numel() for p in model.parameters())
     assert profile.total_macs == count_macs(model, x)
     assert profile.candidates[-1].cumulative_macs + profile.tail_macs == profile.total_macs
+
+
+def test_cached_profile_equals_a_fresh_one_and_is_not_traced_again(tmp_path, monkeypatch) -> None:
+    from evaluators.hashing import hash_state_dict
+    from spaces import _profile_cache
+
+    model = Tiny().eval()
+    example = torch.zeros(1, 1, 8, 8)
+    opts = {"tail_fraction": 0.01}
+    fresh = profile_backbone(model, example, **opts)
+    first = _profile_cache.cached_profile(model, example, cache_dir=tmp_path,
+                                          weights_hash=hash_state_dict(model), options=opts)
+    assert first == fresh
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced again")
+
+    monkeypatch.setattr(_profile_cache, "profile_backbone", no_tracing)
+    again = _profile_cache.cached_profile(model, example, cache_dir=tmp_path,
+                                          weights_hash=hash_state_dict(model), options=opts)
+    assert again == fresh
+    entry = next((tmp_path / "profiles").iterdir())
+    (entry / "profile.json").write_text("{}")  # damaged: rebuilt, never read
+    monkeypatch.setattr(_profile_cache, "profile_backbone", profile_backbone)
+    assert _profile_cache.cached_profile(model, example, cache_dir=tmp_path,
+                                         weights_hash=hash_state_dict(model),
+                                         options=opts) == fresh

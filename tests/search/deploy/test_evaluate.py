@@ -125,6 +125,8 @@ def test_points_run_for_real_as_the_proxy_predicted(tiny_run: Path) -> None:
     df = pd.concat([pareto, df], ignore_index=True)
     assert (tiny_run / EVALUATED).is_file()
     written = pd.read_csv(tiny_run / EVALUATED)
+    # a second call adds its points; the first call's stay (one row per trial)
+    assert set(written["trial"]) == set(df["trial"]) and written["trial"].is_unique
     for col in ("trial", "predicted_accuracy", "measured_accuracy_val", "measured_accuracy_test",
                 "predicted_macs", "measured_macs", "measured_macs_test", "predicted_energy_j",
                 "measured_energy_j", "predicted_latency_s", "measured_latency_s",
