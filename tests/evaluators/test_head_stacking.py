@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import evaluators._head_batches as head_batches
 import evaluators.head_training as head_training
 from evaluators.features import FeatureStore, extract_features, pooled_shape
 from evaluators.heads import ExitHead, HeadFamily, HeadSpec, HeadTraining, build_head
@@ -103,7 +104,7 @@ def test_stacked_forward_is_each_modules_forward(spec: HeadSpec, shape: tuple[in
     """Outputs and gradients of the batched formula equal those of the head modules."""
     torch.manual_seed(0)
     heads = [build_head(spec, feature_shape=shape, pool=2, num_classes=3) for _ in range(3)]
-    stack = head_training._Stack(heads, inputs=0)
+    stack = head_batches._Stack(heads, inputs=0)
     pooled = (3, 5, *pooled_shape(shape, 2))
     x = torch.randn(*pooled)
     out = stack(x)
@@ -144,7 +145,7 @@ def test_resident_features_equal_features_gathered_per_step(
     store: FeatureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resident, rec_a = _train(store, stack=True)
-    monkeypatch.setattr(head_training, "_CPU_RESIDENT_BYTES", 0)
+    monkeypatch.setattr(head_batches, "_CPU_RESIDENT_BYTES", 0)
     gathered, rec_b = _train(store, stack=True)
     assert rec_a == rec_b
     for key, head in resident.items():
@@ -157,9 +158,9 @@ def test_inputs_are_resident_only_when_they_fit(
 ) -> None:
     fit = np.arange(100, dtype=np.int64)
     groups = head_training._shape_groups(store, ("linear",), stack=True)
-    assert head_training._Inputs(store, groups, fit, torch.device("cpu")).data is not None
-    monkeypatch.setattr(head_training, "_CPU_RESIDENT_BYTES", 0)
-    assert head_training._Inputs(store, groups, fit, torch.device("cpu")).data is None
+    assert head_batches._Inputs(store, groups, fit, torch.device("cpu")).data is not None
+    monkeypatch.setattr(head_batches, "_CPU_RESIDENT_BYTES", 0)
+    assert head_batches._Inputs(store, groups, fit, torch.device("cpu")).data is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
