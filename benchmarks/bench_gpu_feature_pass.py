@@ -69,6 +69,7 @@ MAX_CANDIDATES, POOL = 10, 2  # as conf/experiment/resnet152_cifar10.yaml
 PHASES = (  # (module, function, phase): what the end-to-end breakdown times
     ("search.pipeline", "load_data", "data"),
     ("search.pipeline", "get_backbone", "backbone"),
+    ("search.pipeline", "cached_profile", "profile"),
     ("search.pipeline", "profile_backbone", "profile"),
     ("search.pipeline", "extract_features", "features"),
     ("search.pipeline", "train_heads", "heads"),
