@@ -41,8 +41,9 @@ from hydra import compose, initialize_config_module  # noqa: E402
 from pymoo.indicators.hv import HV  # noqa: E402
 
 from evaluators.proxy import ProxyEvaluator  # noqa: E402
+from evaluators.settings import plain  # noqa: E402
 from search.loop import run_search  # noqa: E402
-from search.pipeline import plain, prepare  # noqa: E402
+from search.pipeline import prepare  # noqa: E402
 from search.results import choose  # noqa: E402
 from search.run import backbone_reference  # noqa: E402
 from search.rundir import config_from_json  # noqa: E402

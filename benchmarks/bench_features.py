@@ -41,6 +41,7 @@ from evaluators.hashing import hash_state_dict
 from evaluators.head_training import train_heads
 from evaluators.heads import HeadFamily, head_costs, head_family_from_config
 from evaluators.macs import count_macs
+from evaluators.settings import plain
 from evaluators.tables import build_prediction_table
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "features.json"
@@ -320,7 +321,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from omegaconf import OmegaConf
 
-    family = head_family_from_config(OmegaConf.to_container(OmegaConf.load(CONF)))  # type: ignore[arg-type]
+    family = head_family_from_config(plain(OmegaConf.load(CONF)))
     results: dict[str, Any] = json.loads(OUT.read_text()).get("cases", {}) if OUT.exists() else {}
     if args.case in ("all", "mnist_cnn"):
         model, note = _mnist_model()

@@ -29,7 +29,7 @@ from evaluators.backbone import accuracy, get_backbone  # noqa: E402
 from evaluators.data import DataSettings, load_data  # noqa: E402
 from evaluators.macs import count_macs  # noqa: E402
 from evaluators.models.mnist_cnn import MnistCNN  # noqa: E402
-from evaluators.settings import ModelSettings  # noqa: E402
+from evaluators.settings import ModelSettings, plain  # noqa: E402
 
 # the recipe recommended for conf/model/mnist_cnn.yaml (model.train)
 RECIPE = {"epochs": 8, "lr": 0.01, "batch_size": 64, "optimizer": "adamw", "weight_decay": 5e-4,
@@ -53,8 +53,7 @@ def mac_split() -> list[dict[str, object]]:
 
 
 def run(seed: int) -> dict[str, object]:
-    data_cfg = DataSettings.from_mapping(
-        OmegaConf.to_container(OmegaConf.load(ROOT / "conf/data/mnist5k.yaml")))  # type: ignore[arg-type]
+    data_cfg = DataSettings.from_mapping(plain(OmegaConf.load(ROOT / "conf/data/mnist5k.yaml")))
     model_cfg = ModelSettings.from_mapping({"name": "mnist_cnn", "arch": "mnist_cnn",
                                             "input_shape": [1, 28, 28], "num_classes": 10,
                                             "train": RECIPE})
@@ -82,7 +81,7 @@ def main() -> None:
     model_yaml = ROOT / "conf/model/mnist_cnn.yaml"
     conf_recipe = None
     if model_yaml.exists():
-        conf_recipe = OmegaConf.to_container(OmegaConf.load(model_yaml)).get("train")  # type: ignore[union-attr]
+        conf_recipe = plain(OmegaConf.load(model_yaml)).get("train")
     result = {
         "benchmark": "mnist_backbone",
         "machine": {"cpus": os.cpu_count(), "torch_threads_default": torch.get_num_threads(),

@@ -43,7 +43,8 @@ def _problem() -> tuple[Any, Any, Any]:
     from hydra import compose, initialize_config_module
 
     from evaluators.proxy import ProxyEvaluator
-    from search.pipeline import plain, prepare
+    from evaluators.settings import plain
+    from search.pipeline import prepare
     from spaces.space import build_space
 
     with initialize_config_module("conf", version_base="1.3"):

@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from evaluators.hashing import hash_file
 
 __all__ = [
     "CacheError",
+    "atomic_write",
     "commit_entry",
     "ensure_writable",
     "open_array",
@@ -37,6 +39,25 @@ _log = logging.getLogger(__name__)
 
 class CacheError(RuntimeError):
     """A cache folder that cannot be used; the message names the fix."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    Readers see the old file or the whole new one, never half a file. The temporary name
+    keeps ``path``'s suffix, so writers that append one (``np.savez``) write where asked.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def ensure_writable(root: Path) -> None:
@@ -117,7 +138,6 @@ def commit_entry(
         digest = known[name] if name in known else hash_file(file)
         info[name] = {"bytes": file.stat().st_size, "sha256": digest}
     full = {**meta, "files": info}
-    tmp = path / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(full, indent=1, sort_keys=True))
-    os.replace(tmp, path / MANIFEST)
+    text = json.dumps(full, indent=1, sort_keys=True)
+    atomic_write(path / MANIFEST, lambda tmp: tmp.write_text(text))
     return full

@@ -18,10 +18,17 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
-__all__ = ["REQUIRED", "ConfigError", "Group", "defaults_of", "strict_int", "strict_str",
-           "to_config"]
+__all__ = ["REQUIRED", "ConfigError", "Group", "defaults_of", "plain", "strict_int",
+           "strict_str", "to_config"]
 
 T = TypeVar("T")
+
+
+def plain(cfg: Any) -> Any:
+    """A resolved plain-Python copy of a config node (OmegaConf); plain values pass through."""
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
 
 
 class ConfigError(ValueError):
@@ -46,8 +53,7 @@ class Group:
     @classmethod
     def of(cls, where: str, values: Any, *, error: type[Exception] = ConfigError) -> Group:
         """``values`` as a group: ``None`` is empty, anything but a mapping an error."""
-        if OmegaConf.is_config(values):
-            values = OmegaConf.to_container(values, resolve=True)
+        values = plain(values)
         if values is None:
             return cls(where, {}, error)
         if not isinstance(values, Mapping):

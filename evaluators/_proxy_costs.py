@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from evaluators.costs import BackboneCosts, compute_cost, link_cost
+from evaluators.costs import BackboneCosts, compute_cost, link_cost, sent_bytes
 from evaluators.platform import Platform
 
 __all__: list[str] = []
@@ -58,10 +58,8 @@ class CostTables:
         ).reshape(len(devices), *head_macs.shape, 2)
         link = np.zeros((len(platform.links), n_c + 2, 2))
         for i, lk in enumerate(platform.links):
-            width = devices[i].activation_bytes_per_element  # the sender's precision
             for b in range(n_c + 1):
-                elems = costs.input_elems if b == 0 else int(costs.activation_elems[b - 1])
-                link[i, b] = link_cost(lk, float(elems * width))
+                link[i, b] = link_cost(lk, sent_bytes(costs, b, devices[i]))
         return cls(
             seg_macs=seg_macs, seg_energy=seg[..., 0], seg_latency=seg[..., 1],
             head_macs=head_macs, head_energy=head[..., 0], head_latency=head[..., 1],

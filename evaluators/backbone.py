@@ -9,11 +9,8 @@ Accuracies on val and test are cached next to it, keyed by the weights and the d
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 import warnings
 import zipfile
@@ -26,8 +23,11 @@ import torch
 from rich.console import Console
 from torch import fx, nn
 
+from evaluators._cache import atomic_write, ensure_writable
 from evaluators._training import BackboneError, TrainRecipe, accuracy, train
 from evaluators.data import DataSplits
+from evaluators.device import resolve_device
+from evaluators.hashing import hash_json, hash_state_dict
 from evaluators.models import build_architecture
 from evaluators.settings import ModelSettings
 
@@ -38,9 +38,7 @@ __all__ = [
     "accuracy",
     "get_backbone",
     "load_checkpoint",
-    "resolve_device",
     "train",
-    "weights_hash",
 ]
 
 _CACHE_VERSION = 1
@@ -53,32 +51,6 @@ class BackboneInfo:
     checkpoint: Path
     trained_now: bool
     weights_hash: str
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; a missing GPU is an error, not a fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(
-            f"device={device!r} but no CUDA GPU is visible; set device=cpu or device=auto"
-        )
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise BackboneError(
-            f"device={device!r} is not a torch device; use cpu, cuda or auto"
-        ) from err
-
-
-def weights_hash(model: nn.Module) -> str:
-    """sha256 over names, dtypes, shapes and bytes of the state dict (a downstream cache key)."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _archive_kind(path: Path) -> str:
@@ -199,31 +171,6 @@ def _check_outputs(model: nn.Module, data: DataSplits, path: Path) -> None:
         )
 
 
-def _writable(directory: Path) -> Path:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory):
-            pass
-    except OSError as err:
-        raise BackboneError(
-            f"cache directory {directory} is not writable ({err.strerror}); set cache_dir=<a "
-            "writable directory>"
-        ) from err
-    return directory
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write a temporary file in the same directory, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _cache_key(
     arch: str, kwargs: Mapping[str, Any], data: DataSplits, recipe: TrainRecipe, seed: int
 ) -> str:
@@ -236,7 +183,7 @@ def _cache_key(
         "recipe": asdict(recipe),
         "seed": seed,
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+    return hash_json(blob)
 
 
 def _load_cached(
@@ -272,7 +219,7 @@ def _train_and_cache(
     start = time.perf_counter()
     train(model, data, recipe, seed=seed, device=device, desc=f"training {arch}")
     model.to("cpu")
-    _atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
     meta = {
         "arch": arch,
         "kwargs": dict(kwargs),
@@ -283,10 +230,8 @@ def _train_and_cache(
         "device": str(device),
         "train_seconds": time.perf_counter() - start,
     }
-    _atomic_write(
-        path.with_suffix(".json"),
-        lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)),
-    )
+    text = json.dumps(meta, indent=2, default=str)
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     return model
 
 
@@ -305,7 +250,8 @@ def get_backbone(
     """
     arch, kwargs = model.arch, dict(model.kwargs)
     dev = resolve_device(device)
-    directory = _writable(Path(cache_dir).expanduser() / "backbones")
+    directory = Path(cache_dir).expanduser() / "backbones"
+    ensure_writable(directory)
     trained_now = False
     if model.checkpoint is not None:
         path = model.checkpoint
@@ -322,5 +268,7 @@ def get_backbone(
     net.eval()
     _check_outputs(net, data, path)
     # no accuracy pass here: the feature pass computes the backbone's logits on every split
-    info = BackboneInfo(checkpoint=path, trained_now=trained_now, weights_hash=weights_hash(net))
+    info = BackboneInfo(
+        checkpoint=path, trained_now=trained_now, weights_hash=hash_state_dict(net)
+    )
     return net, info

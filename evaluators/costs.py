@@ -23,6 +23,7 @@ __all__ = [
     "device_memory",
     "link_cost",
     "path_costs",
+    "sent_bytes",
 ]
 
 
@@ -79,10 +80,14 @@ def link_cost(link: Link, n_bytes: float) -> tuple[float, float]:
     return n_bytes * link.energy_per_byte_j, latency
 
 
-def _sent_bytes(costs: BackboneCosts, boundary: int, device: Device) -> float:
-    """Bytes crossing a boundary: input or a candidate's activation at the sender's precision."""
+def sent_bytes(costs: BackboneCosts, boundary: int, sender: Device) -> int:
+    """Bytes one sample sends across ``boundary`` (0 = the input, b = candidate b-1's output).
+
+    The tensor travels at the sending device's activation precision; the proxy, the export
+    manifest and the runtime all price a link crossing with this one count.
+    """
     elems = costs.input_elems if boundary == 0 else int(costs.activation_elems[boundary - 1])
-    return float(elems * device.activation_bytes_per_element)
+    return elems * sender.activation_bytes_per_element
 
 
 def path_costs(config: EENNConfig, costs: BackboneCosts, platform: Platform) -> PathCosts:
@@ -109,7 +114,7 @@ def path_costs(config: EENNConfig, costs: BackboneCosts, platform: Platform) -> 
         for link_idx, b in enumerate(config.boundaries):
             if b == seg:  # this segment starts on the next device: send over link_idx
                 sender = platform.devices[link_idx]
-                e_j, l_s = link_cost(platform.links[link_idx], _sent_bytes(costs, seg, sender))
+                e_j, l_s = link_cost(platform.links[link_idx], sent_bytes(costs, seg, sender))
                 energy += e_j
                 latency += l_s
         device = platform.devices[dev_idx]

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METRICS", "EENNConfig", "ExitChoice"]
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["METRICS", "EENNConfig", "ExitChoice", "exit_shares"]
 
 METRICS: tuple[str, ...] = ("max_softmax", "entropy", "margin")
 
@@ -59,3 +62,30 @@ class EENNConfig:
     def device_of_segment(self, segment: int) -> int:
         """Index of the device that runs backbone segment ``segment``."""
         return sum(1 for b in self.boundaries if b <= segment)
+
+
+def exit_shares(
+    counts: ArrayLike, correct: ArrayLike | None = None, *, lengths: ArrayLike | None = None
+) -> tuple[list[list[float]], list[list[float | None]]]:
+    """Per configuration: the share of samples leaving on each path, and their accuracy.
+
+    ``counts`` (and ``correct``) are (P, W) (or one row of W): the samples leaving at each
+    active exit in order, then at the backbone classifier, as in the ``exit_fractions`` and
+    ``exit_accuracy`` columns. ``lengths`` (P,) is how many entries of each row are paths
+    (K+1, when rows of different exit counts share one array; all W by default). Every sample
+    takes exactly one path, so a row's shares sum to one; a path no sample takes (or any path,
+    without ``correct``) has accuracy ``None``.
+    """
+    n = np.atleast_2d(np.asarray(counts, dtype=np.int64))
+    ok = np.zeros_like(n) if correct is None else np.atleast_2d(np.asarray(correct, np.int64))
+    k = np.full(len(n), n.shape[1]) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    shares = (n / np.maximum(n.sum(axis=1, keepdims=True), 1)).tolist()
+    acc = np.divide(ok, n, out=np.zeros(n.shape), where=n > 0).tolist()
+    known = ((n > 0) & (correct is not None)).tolist()
+    return (
+        [row[:kk] for row, kk in zip(shares, k.tolist(), strict=True)],
+        [
+            [a if seen else None for a, seen in zip(ra[:kk], rs[:kk], strict=True)]
+            for ra, rs, kk in zip(acc, known, k.tolist(), strict=True)
+        ],
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from evaluators._cache import atomic_write
 from evaluators.eenn import METRICS
 
 __all__ = ["PredictionTable", "SplitPredictions", "load_predictions", "save_predictions"]
@@ -68,10 +69,7 @@ def save_predictions(table: PredictionTable, path: Path) -> None:
         "head_names": list(table.head_names),
         "metrics": list(METRICS),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays))  # type: ignore[arg-type]
 
 
 def load_predictions(path: Path) -> PredictionTable:

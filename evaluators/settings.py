@@ -22,6 +22,7 @@ from evaluators._config import (
     ConfigError,
     Group,
     defaults_of,
+    plain,
     strict_int,
     strict_str,
     to_config,
@@ -29,9 +30,10 @@ from evaluators._config import (
 from evaluators._extract import PRECISIONS
 from evaluators._training import BackboneError, TrainRecipe
 
-# REQUIRED ... to_config: the group reader every settings parser uses (spaces, search)
+# REQUIRED ... to_config: the group reader every settings parser uses (spaces, search), and
+# plain, the one conversion of a config node to plain Python
 __all__ = ["REQUIRED", "CandidateSettings", "ConfigError", "FeatureSettings", "Group",
-           "ModelSettings", "defaults_of", "strict_int", "strict_str", "to_config"]
+           "ModelSettings", "defaults_of", "plain", "strict_int", "strict_str", "to_config"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from evaluators._cache import commit_entry, ensure_writable, read_entry, reset_entry
+from evaluators.device import resolve_device
 from evaluators.eenn import METRICS
-from evaluators.features import FeatureStore, _resolve_device, precision_mode
+from evaluators.features import FeatureStore, precision_mode
 from evaluators.hashing import hash_json, hash_state_dict
 from evaluators.head_training import TrainedHeads
 from evaluators.heads import head_costs
@@ -154,7 +155,7 @@ def build_prediction_table(
         return load_predictions(folder / _FILE)
     ensure_writable(folder.parent)
     reset_entry(folder)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     table = PredictionTable(
         candidate_names=cands,
         head_names=names,

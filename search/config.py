@@ -24,11 +24,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 from evaluators.data.settings import LOADERS, DataSettings, loader_options
+from evaluators.device import check_device
 from evaluators.heads import HeadFamily, HeadTraining, head_family_from_config
 from evaluators.platform import Platform, platform_from_config
 from evaluators.proxy import OBJECTIVES, ConstraintSpec
@@ -38,12 +37,13 @@ from evaluators.settings import (
     Group,
     ModelSettings,
     defaults_of,
+    plain,
     to_config,
 )
 from search.settings import SearchSettings
 from spaces.settings import SpaceSettings
 
-__all__ = ["ConfigError", "ExperimentSettings", "parse_config", "plain", "register", "to_config"]
+__all__ = ["ConfigError", "ExperimentSettings", "parse_config", "register", "to_config"]
 
 CACHE_DIR_ENV, CACHE_DIR = "EENN_CACHE_DIR", "results/cache"
 _GROUPS = ("model", "data", "platform", "heads", "space", "search", "features", "constraints")
@@ -81,23 +81,6 @@ class ExperimentSettings:
     objectives: tuple[str, ...] = ("error", "macs", "energy")
 
 
-def plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of a config node (plain values pass through)."""
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
-def _device(raw: str) -> str:
-    if raw != "auto":
-        try:
-            torch.device(raw)
-        except RuntimeError:
-            raise ConfigError(f"device={raw!r} is not a torch device; use cpu, cuda or auto") \
-                from None
-    return raw
-
-
 def _objectives(g: Group, default: tuple[str, ...]) -> tuple[str, ...]:
     objectives = g.items("objectives", default, item=str, what="a list of objectives")
     if not objectives or set(objectives) - set(OBJECTIVES) or len(set(objectives)) < len(
@@ -115,7 +98,7 @@ def _top_level(g: Group) -> dict[str, Any]:
         raise ConfigError(f"cpu_threads={threads} is negative; use 0 (automatic) or a count")
     cache_dir = g.text("cache_dir", None, optional=True)
     return {"name": g.text("name", d["name"]), "seed": g.integer("seed", d["seed"], low=0),
-            "device": _device(g.text("device", d["device"])), "cpu_threads": threads,
+            "device": check_device(g.text("device", d["device"])), "cpu_threads": threads,
             "cache_dir": Path(cache_dir).expanduser() if cache_dir else _cache_dir(),
             "objectives": _objectives(g, d["objectives"])}
 

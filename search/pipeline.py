@@ -20,20 +20,21 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from evaluators.backbone import BackboneInfo, get_backbone, resolve_device
+from evaluators.backbone import BackboneInfo, get_backbone
 from evaluators.costs import BackboneCosts
 from evaluators.data import DataSplits, load_data
+from evaluators.device import resolve_device
 from evaluators.features import FeatureStore, extract_features
 from evaluators.head_training import TrainedHeads, train_heads
 from evaluators.heads import HeadFamily, head_costs
 from evaluators.platform import Platform
 from evaluators.predictions import PredictionTable
 from evaluators.tables import build_prediction_table
-from search.config import ExperimentSettings, parse_config, plain
+from search.config import ExperimentSettings, parse_config
 from spaces._profile_cache import cached_profile
 from spaces.profile import BackboneProfile
 
-__all__ = ["Prepared", "plain", "prepare", "seed_everything"]  # plain: from search.config
+__all__ = ["Prepared", "prepare", "seed_everything"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 from numpy.typing import NDArray
 
-from evaluators.eenn import EENNConfig
+from evaluators._cache import atomic_write
+from evaluators.eenn import EENNConfig, exit_shares
 from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
 from search.rundir import (
     CHOSEN,
@@ -58,13 +59,7 @@ def exit_lists(batch: ConfigBatch, s: ProxyScores) -> tuple[list[list[float]],
     """Per row: share of samples leaving at each active exit then the backbone, and the
     accuracy of those samples (None where none leave)."""
     counts, correct = exit_arrays(batch, s)
-    k = ((batch.candidate >= 0).sum(axis=1) + 1).tolist()
-    acc = np.divide(correct, counts, out=np.zeros(counts.shape), where=counts > 0).tolist()
-    shares = (counts / s.n_samples).tolist()
-    left = (counts > 0).tolist()
-    return ([r[:kk] for r, kk in zip(shares, k, strict=True)],
-            [[a if n else None for a, n in zip(ra[:kk], rn[:kk], strict=True)]
-             for ra, rn, kk in zip(acc, left, k, strict=True)])
+    return exit_shares(counts, correct, lengths=(batch.candidate >= 0).sum(axis=1) + 1)
 
 
 def scores_to_records(*, batch: ConfigBatch, scores: ProxyScores, F: NDArray[np.float64],
@@ -184,10 +179,7 @@ class TrialLog:
         if not len(df):
             return
         df["pareto"] = pareto_flags(df, self.objectives)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.parquet")
-        df.to_parquet(tmp, index=False)
-        tmp.replace(self.path)
+        atomic_write(self.path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def choose(df: pd.DataFrame, objectives: Sequence[str],

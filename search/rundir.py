@@ -39,7 +39,6 @@ compared with itself gets the value in its own ``summary.json``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +53,10 @@ from omegaconf.errors import OmegaConfBaseException
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from evaluators._cache import atomic_write
 from evaluators.eenn import METRICS, EENNConfig, ExitChoice
 from evaluators.proxy import ConfigBatch
+from evaluators.settings import plain
 
 __all__ = [
     "CHOSEN",
@@ -311,10 +312,8 @@ def hypervolume_summary(trials: pd.DataFrame, objectives: Sequence[str]) -> dict
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:
     """Write summary.json with :data:`SCHEMA_VERSION` first (temp file, then rename)."""
     path = Path(run_dir) / SUMMARY_JSON
-    tmp = path.with_suffix(".tmp.json")
-    body = {"schema_version": SCHEMA_VERSION, **summary}
-    tmp.write_text(json.dumps(body, indent=2, default=float))
-    os.replace(tmp, path)
+    text = json.dumps({"schema_version": SCHEMA_VERSION, **summary}, indent=2, default=float)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -409,10 +408,8 @@ def _read_yaml(file: Path, *, resolve: bool = False) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
-        if resolve:  # a config: Hydra's own copy may hold interpolations
-            data = OmegaConf.to_container(OmegaConf.load(file), resolve=True)
-        else:
-            data = yaml.safe_load(file.read_text())
+        # a config (resolve): Hydra's own copy may hold interpolations
+        data = plain(OmegaConf.load(file)) if resolve else yaml.safe_load(file.read_text())
     except (yaml.YAMLError, OmegaConfBaseException) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RunFolderError(f"{file} cannot be read ({message}); rewrite or delete it") from None

@@ -70,12 +70,8 @@ class SearchSettings:
         g = Group.of("search", cfg)
         g.check_keys(f.name for f in fields(cls))
         d = cls()
-        backend = g.text("backend", d.backend)
-        if backend not in BACKENDS:
-            raise ConfigError(f"search.backend={backend!r} is not one of {BACKENDS}")
-        budget = g.integer("budget", d.budget)
-        if budget < 1:
-            raise ConfigError(f"search.budget={budget!r} must be >= 1 evaluations")
+        backend = g.text("backend", d.backend, choices=BACKENDS)
+        budget = g.integer("budget", d.budget, low=1)
         population = g.integer("population", d.population)
         if population < 2:
             raise ConfigError(f"search.population={population!r} must be >= 2")

@@ -2,10 +2,9 @@
 
 torch starts as many intra-op threads as the process may use cores. Two jobs of a joblib sweep
 on the same cores then run twice as many threads as there are cores, and OpenMP threads that
-wait on each other turn milliseconds into seconds: on a 2-core machine with one other busy
-process, head training took 62 s instead of 0.7 s. ``cpu_threads`` in the config fixes the
-count; 0 (the default) keeps torch's default for a single run and shares the cores out between
-the parallel jobs of a joblib sweep (``hydra/launcher=parallel``).
+spin while they wait for each other's turn on a core stall both jobs. ``cpu_threads`` in the
+config fixes the count; 0 (the default) keeps torch's default for a single run and shares the
+cores out between the parallel jobs of a joblib sweep (``hydra/launcher=parallel``).
 """
 
 from __future__ import annotations

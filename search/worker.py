@@ -35,8 +35,9 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from evaluators.settings import plain
 from search.backends._storage import check_shared_study, redacted
-from search.config import ExperimentSettings, parse_config, plain
+from search.config import ExperimentSettings, parse_config
 from search.errors import one_line_errors
 from search.rundir import WORKER
 from search.settings import SearchSettings

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from spaces.candidates import ExitCandidate, cut_points, find_exit_candidates
-from spaces.profile import BackboneProfile, profile_backbone, to_backbone_costs
+from spaces.candidates import ExitCandidate, cut_points
+from spaces.profile import (
+    BackboneProfile,
+    find_exit_candidates,
+    profile_backbone,
+    to_backbone_costs,
+)
 from spaces.space import EarlyExitSpace, build_space
 
 __all__ = [

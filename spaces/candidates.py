@@ -4,22 +4,16 @@ A cut point is a node that every path from the input to the output passes
 through (a dominator of the output): everything after it depends on the input
 only through its one tensor, so an exit head can read it and a device boundary
 can send it. :func:`cut_points` finds them on a torch.fx graph;
-:func:`find_exit_candidates` adds shapes and costs (see :mod:`spaces.profile`).
+:func:`spaces.profile.profile_backbone` adds shapes and costs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from torch import fx
 
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-__all__ = ["ExitCandidate", "cut_points", "find_exit_candidates"]
+__all__ = ["ExitCandidate", "cut_points"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,26 +76,3 @@ def cut_points(graph: fx.Graph) -> list[fx.Node]:
         ends = [position[u] for u in n.users if u in position]
         furthest = max([furthest, *ends])
     return cuts
-
-
-def find_exit_candidates(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    *,
-    max_candidates: int | None = None,
-    min_mac_fraction: float = 0.0,
-    modules: Sequence[str] | None = None,
-    tail_fraction: float = 0.01,
-) -> list[ExitCandidate]:
-    """Exit candidates of ``model`` in execution order; options as in ``profile_backbone``."""
-    from spaces.profile import profile_backbone  # profile imports this module's types
-
-    profile = profile_backbone(
-        model,
-        example_input,
-        max_candidates=max_candidates,
-        min_mac_fraction=min_mac_fraction,
-        modules=modules,
-        tail_fraction=tail_fraction,
-    )
-    return list(profile.candidates)

@@ -33,6 +33,7 @@ import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,12 @@ from spaces._hooks import hooked_units
 from spaces._units import Point, Units
 from spaces.candidates import ExitCandidate, cut_points
 
-__all__ = ["BackboneProfile", "profile_backbone", "to_backbone_costs"]
+__all__ = [
+    "BackboneProfile",
+    "find_exit_candidates",
+    "profile_backbone",
+    "to_backbone_costs",
+]
 
 _FP32 = 4
 
@@ -197,3 +203,10 @@ def profile_backbone(
         input_shape=tuple(int(d) for d in example_input.shape[1:]),
         output_size=math.prod(units.output_shape),
     )
+
+
+def find_exit_candidates(
+    model: nn.Module, example_input: torch.Tensor, **options: Any
+) -> list[ExitCandidate]:
+    """Exit candidates of ``model`` in execution order (``options``: see profile_backbone)."""
+    return list(profile_backbone(model, example_input, **options).candidates)

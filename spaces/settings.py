@@ -41,9 +41,7 @@ class ThresholdSettings:
         g = Group.of("space.thresholds", cfg)
         g.check_keys(f.name for f in fields(cls))
         d = cls()
-        mode = g.text("mode", d.mode)
-        if mode not in THRESHOLD_MODES:
-            raise ConfigError(f"space.thresholds.mode={mode!r} is not one of {THRESHOLD_MODES}")
+        mode = g.text("mode", d.mode, choices=THRESHOLD_MODES)
         levels = g.integer("levels", d.levels)
         if not 2 <= levels <= 4096:
             raise ConfigError(f"space.thresholds.levels={levels!r} must be in 2..4096")

@@ -19,15 +19,29 @@ def _module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path, *, root: Path = ROOT) -> set[str]:
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside ``if TYPE_CHECKING:`` blocks (they never run)."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None)
+        name = getattr(test, "id", getattr(test, "attr", None))
+        if isinstance(node, ast.If) and name == "TYPE_CHECKING":
+            inside.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return inside
+
+
+def imported_modules(path: Path, *, root: Path = ROOT, runtime_only: bool = False) -> set[str]:
     """Absolute names of the modules that ``path`` (under ``root``) imports, relative
-    imports resolved."""
+    imports resolved; ``runtime_only`` leaves out ``if TYPE_CHECKING:`` imports."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = _module_name(path, root).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
+    skip = _type_checking_only(tree) if runtime_only else set()
     found: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -64,6 +78,9 @@ def test_the_scanner_sees_absolute_relative_and_nested_imports(tmp_path: Path) -
     found = imported_modules(module, root=tmp_path)
     assert {"os", "pkg.sub.sibling", "pkg.other", "search.deploy.runtime",
             "search.run"} <= found
+    module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.late\n")
+    assert "pkg.late" in imported_modules(module, root=tmp_path)
+    assert "pkg.late" not in imported_modules(module, root=tmp_path, runtime_only=True)
 
 
 def test_the_scanner_finds_the_imports_that_exist() -> None:

@@ -8,7 +8,6 @@ downstream caches notice any change.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset
 from evaluators.data._pool import ArrayDataset, DataError, Pool
 from evaluators.data._splits import SPLITS, SplitError, stratified_split
 from evaluators.data.settings import LOADERS, DataSettings
+from evaluators.hashing import hash_tensors
 
 __all__ = ["LOADERS", "ArrayDataset", "DataError", "DataSettings", "DataSplits", "load_data"]
 
@@ -60,15 +60,19 @@ def _fit_norm(
 
 
 def _fingerprint(name: str, parts: dict[str, ArrayDataset], indices: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256(name.encode())
-    for split in SPLITS:
-        ds = parts[split]
-        for arr in (indices[split], ds.labels, ds.inputs, ds.mean, ds.std):
-            t = torch.as_tensor(arr).contiguous()
-            h.update(f"{split}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes())
-        h.update(str(ds.scale).encode())
-    return h.hexdigest()
+    """Hash of every split's indices, labels, inputs and normalisation (a downstream cache key)."""
+    named = [
+        (f"{split}.{field}", value)
+        for split in SPLITS
+        for field, value in (
+            ("indices", indices[split]),
+            ("labels", parts[split].labels),
+            ("inputs", parts[split].inputs),
+            ("mean", parts[split].mean),
+            ("std", parts[split].std),
+        )
+    ]
+    return hash_tensors(named, salt=f"{name}|" + "|".join(str(parts[s].scale) for s in SPLITS))
 
 
 def load_data(data: DataSettings, *, seed: int) -> DataSplits:

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import nn
+from evaluators.models._plain_cnn import PlainCNN
 
 __all__ = ["ECGCNN"]
 
 
-def _block(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv1d(c_in, c_out, kernel_size=kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm1d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class ECGCNN(nn.Module):
+class ECGCNN(PlainCNN):
     """Conv1d blocks (``widths``, ``strides``, ``kernel``), global average pool, linear head."""
 
     def __init__(
@@ -34,19 +25,5 @@ class ECGCNN(nn.Module):
         strides: Sequence[int] = (1, 2, 1, 2, 1, 2),
         kernel: int = 5,
     ) -> None:
-        super().__init__()
-        if len(widths) != len(strides) or not widths:
-            raise ValueError(
-                f"model.kwargs.widths={list(widths)} and strides={list(strides)} need the same "
-                "non-zero length"
-            )
-        channels = [in_channels, *widths]
-        self.features = nn.Sequential(
-            *(_block(channels[i], channels[i + 1], kernel, s) for i, s in enumerate(strides))
-        )
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.classifier = nn.Linear(widths[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(x)), 1))
-        return logits
+        super().__init__(dims=1, num_classes=num_classes, in_channels=in_channels,
+                         widths=widths, strides=strides, kernel=kernel)

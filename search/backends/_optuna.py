@@ -140,6 +140,8 @@ class OptunaBackend:
         self._run = _run_id(run_dir)
         self._offset = len(history)
         self._heartbeat: Heartbeat | None = None
+        self._rdb: optuna.storages.RDBStorage | None = None  # shared storage only
+        self._study_id = -1
         self._store: optuna.Study | None = None  # where trials persist (None: nowhere)
         self._dists = _distributions(space)
         with _quiet():
@@ -148,13 +150,14 @@ class OptunaBackend:
                               grace_s=settings.grace_s)
                 probe = _open(rdb, study_name=study_name, objectives=objectives, n_obj=n_obj,
                               sampler=None)
-                fail_stale_trials(probe)
+                fail_stale_trials(probe, rdb)
                 stored = len(probe.get_trials(deepcopy=False))
                 sampler = _sampler(name, settings, _seed(seed, len(history), stored))
                 self._disk = None
                 self._study = optuna.load_study(study_name=study_name, storage=rdb,
                                                 sampler=sampler)
                 self._heartbeat = Heartbeat(rdb)
+                self._rdb, self._study_id = rdb, rdb.get_study_id_from_name(study_name)
                 weakref.finalize(self, self._heartbeat.close)
                 self._store = self._study
             else:
@@ -201,16 +204,16 @@ class OptunaBackend:
         self._generation += 1
         with _quiet():
             if self._heartbeat is not None:
-                fail_stale_trials(self._study)
+                fail_stale_trials(self._study, self._rdb)
             self._pending = [self._ask() for _ in range(min(n, self._batch))]
         return self._space.to_matrix([t.params for t in self._pending])
 
     def _ask(self) -> Trial:
         """One trial with every gene; beating (shared storage) before its genes are suggested."""
         trial = self._study.ask()
-        if self._heartbeat is not None:
-            # Optuna has no public accessor for a trial's storage id (only its number)
-            self._heartbeat.hold([trial._trial_id])
+        if self._heartbeat is not None and self._rdb is not None:
+            self._heartbeat.hold([self._rdb.get_trial_id_from_study_id_trial_number(
+                self._study_id, trial.number)])
         for name, dist in self._dists.items():
             if isinstance(dist, CategoricalDistribution):
                 trial.suggest_categorical(name, dist.choices)

@@ -155,29 +155,37 @@ class Heartbeat:
                     self._storage.record_heartbeat(trial_id)
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study,
+                      storage: optuna.storages.RDBStorage | None = None) -> None:
     """Mark a dead worker's trials FAIL: Optuna's stale check plus the creation gap.
 
     Optuna only judges trials that have a heartbeat. A worker killed between creating a trial
     and its first beat leaves a RUNNING trial with none; since every worker here beats at
-    once, such a trial older than the grace period is an orphan too.
+    once, such a trial older than the grace period is an orphan too. ``storage`` is the
+    study's RDBStorage (as :func:`connect` returned it).
     """
     optuna.storages.fail_stale_trials(study)
-    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    if storage is None:
+        # no public accessor for a study's storage exists; Optuna wraps an RDBStorage in a cache
+        inner = getattr(study, "_storage", None)
+        storage = getattr(inner, "_backend", inner)
     if not isinstance(storage, optuna.storages.RDBStorage) or not storage.heartbeat_interval:
         return
-    grace = storage.grace_period or 2 * (storage.heartbeat_interval or 60)
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
     now = datetime.datetime.now()
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = trial.datetime_start
         if started is None or (now - started).total_seconds() <= grace:
             continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         with contextlib.suppress(Exception):  # another process failed it first
-            if not _has_heartbeat(storage, trial._trial_id):
-                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            if not _has_heartbeat(storage, trial_id):
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
-def _has_heartbeat(storage: Any, trial_id: int) -> bool:
+def _has_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> bool:
+    # no public API reads a trial's heartbeat: Optuna's own table model and session are used
     from optuna.storages._rdb import models
 
     with storage.scoped_session() as session:

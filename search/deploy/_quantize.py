@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from evaluators.eenn import exit_shares
 from search import rundir
 from search.deploy._onnx_runner import RunnerOutput, run_manifest
 
@@ -110,8 +111,8 @@ def agreement(int8_manifest: Path, fp32: RunnerOutput, x: NDArray[Any],
         "samples": len(x),
         "prediction_agreement": float((q.prediction == f.prediction).mean()),
         "exit_agreement": float((q.exit == f.exit).mean()),
-        "exit_fractions_float32": (np.bincount(f.exit, minlength=n_paths) / len(x)).tolist(),
-        "exit_fractions_int8": (np.bincount(q.exit, minlength=n_paths) / len(x)).tolist(),
+        "exit_fractions_float32": exit_shares(np.bincount(f.exit, minlength=n_paths))[0][0],
+        "exit_fractions_int8": exit_shares(np.bincount(q.exit, minlength=n_paths))[0][0],
     }
     if labels is not None:
         y = np.asarray(labels)

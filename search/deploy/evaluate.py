@@ -31,9 +31,9 @@ from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
-from evaluators.backbone import resolve_device
 from evaluators.costs import PathCosts, path_costs
-from evaluators.eenn import METRICS, EENNConfig
+from evaluators.device import resolve_device
+from evaluators.eenn import METRICS, EENNConfig, exit_shares
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search import rundir
@@ -156,13 +156,13 @@ def compare_exits(record: RunRecord, split: SplitPredictions, config: EENNConfig
 
 
 def _figures(record: RunRecord, paths: PathCosts, n_exits: int) -> dict[str, Any]:
-    counts = np.bincount(record.exit, minlength=n_exits + 1)
+    (fractions,), _ = exit_shares(np.bincount(record.exit, minlength=n_exits + 1))
     return {
         "accuracy": record.accuracy,
         "macs": float(paths.macs[record.exit].mean()),
         "energy_j": float(paths.energy_j[record.exit].mean()),
         "latency_s": float(paths.latency_s[record.exit].mean()),
-        "exit_fractions": json.dumps((counts / max(len(record.exit), 1)).round(6).tolist()),
+        "exit_fractions": json.dumps([round(f, 6) for f in fractions]),
     }
 
 

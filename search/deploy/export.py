@@ -35,7 +35,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from evaluators.costs import BackboneCosts, device_memory, path_costs
+from evaluators.costs import BackboneCosts, device_memory, path_costs, sent_bytes
 from evaluators.features import iter_batches, pooled_shape
 from evaluators.heads import ExitHead
 from evaluators.platform import Platform
@@ -179,7 +179,7 @@ def _tensor_info(name: str, shape: Sequence[int]) -> dict[str, Any]:
 
 
 def _links(eenn: EENN, platform: Platform, candidates: Sequence[ExitCandidate],
-           input_shape: Sequence[int]) -> list[dict[str, Any]]:
+           input_shape: Sequence[int], costs: BackboneCosts) -> list[dict[str, Any]]:
     n_c = len(candidates)
     out = []
     for i, (link, b) in enumerate(zip(platform.links, eenn.config.boundaries, strict=True)):
@@ -190,7 +190,7 @@ def _links(eenn: EENN, platform: Platform, candidates: Sequence[ExitCandidate],
             shape = input_shape if b == 0 else candidates[b - 1].shape
             tensor = _tensor_info("input" if b == 0 else candidates[b - 1].name, shape)
             bits = platform.devices[i].activation_bits
-            sent = int(np.prod(shape)) * max(1, bits // 8)
+            sent = sent_bytes(costs, b, platform.devices[i])
             tensor.update({"sent_bits": bits, "bytes_sent": sent})
             entry["tensor"] = tensor
         out.append(entry)
@@ -300,7 +300,7 @@ def _manifest(eenn: EENN, entries: list[dict[str, Any]], platform: Platform, cos
                      "stages": [e["file"] for e in entries if e["device"] == d]}
                     for d, dev in enumerate(platform.devices)],
         "stages": entries,
-        "links": _links(eenn, platform, candidates, example.shape[1:]),
+        "links": _links(eenn, platform, candidates, example.shape[1:], costs),
         "config": {"exits": [vars(e) for e in cfg.exits], "boundaries": list(cfg.boundaries),
                    "metric": cfg.metric},
         "costs": _costs(eenn, costs, platform, fractions),

@@ -210,3 +210,61 @@ def test_damaged_heads_are_retrained(trained_store: FeatureStore) -> None:
         load_heads(first.path)
     again = train_heads(trained_store, short, seed=0, progress=False)
     assert again.path.is_file() and set(again.heads) == set(first.heads)
+
+
+def _heads_files(store: FeatureStore) -> dict[str, tuple[int, int]]:
+    """Every cached head set: its folder name -> (inode, mtime) of its heads file."""
+    root = store.root.parent / "heads"
+    return {f.parent.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in root.glob("*/heads.pt")}
+
+
+def _weights(heads: Any) -> dict[tuple[int, int], list[torch.Tensor]]:
+    return {k: [t.clone() for t in h.state_dict().values()] for k, h in heads.heads.items()}
+
+
+def _differ(a: dict[tuple[int, int], list[torch.Tensor]],
+            b: dict[tuple[int, int], list[torch.Tensor]]) -> bool:
+    """True when every head's weights differ somewhere (a retrained set, not a copy)."""
+    return all(
+        any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a[k], b[k], strict=True))
+        for k in a
+    )
+
+
+def test_changed_family_or_data_retrains_and_unchanged_reads_the_cache(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(100, 3))
+    model.eval()
+
+    def store(train_seed: int, fingerprint: str) -> FeatureStore:
+        data = {"train": _learnable(400, train_seed), "val": _learnable(100, 1),
+                "test": _learnable(100, 2)}
+        return extract_features(model, data, points=["_1"], pool=2, cache_dir=tmp_path,
+                                weights_hash="tiny", data_fingerprint=fingerprint,
+                                batch_size=200, progress=False)
+
+    base = store(0, "data-a")
+    family = HeadFamily(members=(SPECS[0], SPECS[2]),
+                        training=HeadTraining(epochs=2, batch_size=128, lr=1e-2))
+    first = train_heads(base, family, seed=0, progress=False)
+    files = _heads_files(base)
+    assert list(files) == [first.path.parent.name]
+    # unchanged: read from the cache, the file untouched
+    again = train_heads(base, family, seed=0, progress=False)
+    assert again.path == first.path and _heads_files(base) == files
+    assert not _differ(_weights(first), _weights(again))
+    # another training recipe: a new cache entry with retrained weights, the old one kept
+    slower = HeadFamily(members=family.members,
+                        training=HeadTraining(epochs=2, batch_size=128, lr=2e-3))
+    changed = train_heads(base, slower, seed=0, progress=False)
+    assert changed.path != first.path and _differ(_weights(first), _weights(changed))
+    # another member: retrained too
+    wider = HeadFamily(members=(SPECS[0], HeadSpec(name="mlp12", kind="mlp", width=12)),
+                       training=family.training)
+    assert train_heads(base, wider, seed=0, progress=False).path not in (first.path, changed.path)
+    # other training data under the same family: retrained
+    other = store(7, "data-b")
+    moved = train_heads(other, family, seed=0, progress=False)
+    assert moved.path != first.path and _differ(_weights(first), _weights(moved))
+    after = _heads_files(base)
+    assert len(after) == 4 and after[first.path.parent.name] == files[first.path.parent.name]

@@ -31,7 +31,6 @@ def test_preset_composes_into_a_platform(name: str) -> None:
         cfg = compose(config_name="config", overrides=[f"platform={name}"])
     platform = platform_from_config(OmegaConf.to_container(cfg.platform, resolve=True))  # type: ignore[arg-type]
     assert platform.name == name
-    assert len(platform.links) == platform.n_devices - 1
     speeds = [d.macs_per_second for d in platform.devices]
     assert speeds == sorted(speeds), "devices later in the chain should be faster"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 
 from evaluators.costs import device_memory, path_costs
 from evaluators.eenn import METRICS, EENNConfig, ExitChoice
-from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator
+from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores, _wilson
 from tests._synthetic import synthetic_costs, synthetic_platform, synthetic_split
 
 C, H, N = 7, 3, 777  # N not a multiple of 64 on purpose
@@ -132,6 +134,57 @@ def test_wrong_platform_is_one_line_error(setup) -> None:
     proxy = ProxyEvaluator(split=split, costs=costs, platform=synthetic_platform(2))
     with pytest.raises(ValueError, match="boundaries but platform"):
         proxy.evaluate([EENNConfig(exits=(), boundaries=(1, 2))])
+
+
+# Newcombe (1998), "Two-sided confidence intervals for the single proportion", Stat. Med. 17,
+# Table I, method 3 (Wilson score interval without continuity correction), 95%.
+NEWCOMBE = [((81, 263), (0.2553, 0.3662)), ((15, 148), (0.0624, 0.1605)),
+            ((0, 20), (0.0, 0.1611)), ((1, 29), (0.0061, 0.1718))]
+
+
+@pytest.mark.parametrize(("trial", "interval"), NEWCOMBE)
+def test_wilson_bounds_match_published_values(trial: tuple[int, int],
+                                              interval: tuple[float, float]) -> None:
+    k, n = (np.array([float(v)]) for v in trial)
+    z = NormalDist().inv_cdf(0.975)
+    assert _wilson(k, n, z, -1.0)[0] == pytest.approx(interval[0], abs=5e-5)
+    assert _wilson(k, n, z, +1.0)[0] == pytest.approx(interval[1], abs=5e-5)
+
+
+def _scores(*, n: int, backbone_correct: int, early: list[int], worse: list[int],
+            better: list[int]) -> ProxyScores:
+    """Scores of P configurations with given early leavers and discordant pairs among them."""
+    p, leave = len(early), np.array(early, dtype=np.int64)
+    correct = backbone_correct - np.array(worse) + np.array(better)
+    at_exit = np.minimum(correct, leave)  # any split of the correct samples between the paths
+    zeros = np.zeros(p)
+    return ProxyScores(
+        n_samples=n, backbone_correct=backbone_correct,
+        exit_count=leave[:, None], exit_correct=at_exit[:, None],
+        final_count=n - leave, final_correct=correct - at_exit,
+        discordant=np.array(worse, dtype=np.int64) + np.array(better, dtype=np.int64),
+        macs=zeros, energy_j=zeros, latency_s=zeros, worst_latency_s=zeros,
+        finish_fraction=np.zeros((p, 1)), weight_bytes=np.zeros((p, 1), dtype=np.int64),
+        peak_bytes=np.zeros((p, 1), dtype=np.int64), memory_ratio=zeros)
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_accuracy_drop_bound_against_scipy_wilson(confidence: float) -> None:
+    """drop_ub = n (U(n01/n) - L(n10/n)) / N, each a Wilson bound at ``confidence`` (scipy's)."""
+    from scipy.stats import binomtest
+
+    early, worse, better = [400, 1000, 37, 0], [30, 61, 0, 0], [10, 12, 3, 0]
+    s = _scores(n=1000, backbone_correct=900, early=early, worse=worse, better=better)
+    np.testing.assert_allclose(s.accuracy_drop, [0.02, 0.049, -0.003, 0.0])
+    for p, (n, n01, n10) in enumerate(zip(early, worse, better, strict=True)):
+        if n == 0:  # nobody leaves early: the EENN is the backbone, no margin
+            assert s.accuracy_drop_upper(confidence)[p] == 0.0
+            continue
+        upper = binomtest(n01, n).proportion_ci(confidence, method="wilson").high
+        lower = binomtest(n10, n).proportion_ci(confidence, method="wilson").low
+        want = n * (upper - lower) / 1000
+        assert s.accuracy_drop_upper(confidence)[p] == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert want >= s.accuracy_drop[p]
 
 
 def test_val_too_small_for_the_accuracy_constraint_is_named() -> None:

@@ -242,12 +242,13 @@ def test_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path) -> None:
 
     rdb = connect(f"sqlite:///{tmp_path / 'gap.db'}", heartbeat_s=1, grace_s=2)
     study = optuna.create_study(storage=rdb, study_name="gap")
-    orphan = rdb.create_new_trial(study._study_id)  # RUNNING, never beaten
-    alive = rdb.create_new_trial(study._study_id)
-    fail_stale_trials(study)  # too young to judge
+    study_id = rdb.get_study_id_from_name("gap")
+    orphan = rdb.create_new_trial(study_id)  # RUNNING, never beaten
+    alive = rdb.create_new_trial(study_id)
+    fail_stale_trials(study, rdb)  # too young to judge
     assert rdb.get_trial(orphan).state == TrialState.RUNNING
     time.sleep(2.2)
     rdb.record_heartbeat(alive)  # a live worker keeps beating
-    fail_stale_trials(study)
+    fail_stale_trials(study, rdb)
     assert rdb.get_trial(orphan).state == TrialState.FAIL
     assert rdb.get_trial(alive).state == TrialState.RUNNING

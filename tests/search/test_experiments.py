@@ -6,6 +6,7 @@ written in the real on-disk formats, offline.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from evaluators.data import DataError, DataSettings, DataSplits, load_data
 from evaluators.heads import head_family_from_config
 from evaluators.models import build_architecture
 from evaluators.platform import platform_from_config
+from evaluators.proxy import OBJECTIVES
 from search.backends import History, make_backend
 from search.settings import SearchSettings
 from spaces.space import build_space
@@ -30,16 +32,8 @@ from tests._synthetic import synthetic_platform, synthetic_split
 from tests.search._datasets import RUN_FILES, search_cli, shared_cache, write_dataset
 
 CONF = Path(conf.__file__).parent
+README = CONF.parent / "README.md"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-# experiment -> (model, data, platform)
-EXPECTED = {
-    "default": ("mnist_cnn", "mnist5k", "three_tier"),
-    "resnet18_cifar10": ("cifar_resnet18", "cifar10", "mcu_fog"),
-    "resnet50_cifar10": ("cifar_resnet50", "cifar10", "mcu_fog"),
-    "resnet152_cifar10": ("cifar_resnet152", "cifar10", "mcu_fog"),
-    "kws_speech_commands": ("dscnn", "speech_commands", "single_mcu"),
-    "ecg_mitbih": ("ecg_cnn", "mitbih", "mcu_fog"),
-}
 # one slow end-to-end run each; resnet18/50 differ from resnet152 only in the model option,
 # which test_every_model_option_builds instantiates and runs (keeps the suite within budget)
 END_TO_END = ["default", "kws_speech_commands", "ecg_mitbih", "resnet152_cifar10"]
@@ -74,27 +68,34 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_cache(tmp_path_factory)
 
 
-def test_the_paper_experiments_are_all_there() -> None:
-    assert set(EXPERIMENTS) == set(EXPECTED)
+def test_the_readme_lists_every_experiment() -> None:
+    """The README's experiment table and conf/experiment/ name the same experiments."""
+    text = README.read_text()
+    table = text[text.index("| experiment |"):].split("\n\n", 1)[0]
+    listed = {name for row in table.splitlines()[2:]
+              for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])}
+    assert listed == set(EXPERIMENTS)
     assert set(END_TO_END) <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name: str) -> None:
     cfg = _compose([f"+experiment={name}"])
-    model, data, platform = EXPECTED[name]
-    assert (cfg["name"], cfg["model"]["name"], cfg["data"]["name"], cfg["platform"]["name"]) == \
-        (name, model, data, platform)
+    assert cfg["name"] == name
     assert cfg["model"]["num_classes"] == cfg["data"]["num_classes"]
-    assert cfg["objectives"][0] == "error" and len(cfg["objectives"]) == 3
+    assert "error" in cfg["objectives"] and set(cfg["objectives"]) <= set(OBJECTIVES)
     if name.startswith("resnet"):
         assert cfg["objectives"] == ["error", "macs", "energy"]  # the paper's objectives
-    if data == "speech_commands":  # the words stay strings (bare yes/no/on/off are YAML booleans)
+    if cfg["data"]["name"] == "speech_commands":  # bare yes/no/on/off are YAML booleans
         assert all(isinstance(w, str) for w in cfg["data"]["words"])
     tiny = _compose([f"+experiment={name}", "+debug=tiny"])
-    assert tiny["data"]["splits"] == TINY_SPLITS and tiny["model"]["train"]["epochs"] == 1
-    assert tiny["name"] == name and tiny["model"]["name"] == model  # tiny shrinks, never swaps
-    assert tiny["search"]["budget"] <= 50 and tiny["device"] == "cpu"
+    for group in ("model", "data", "platform"):  # tiny shrinks, never swaps
+        assert tiny[group]["name"] == cfg[group]["name"]
+    assert tiny["name"] == name and tiny["objectives"] == cfg["objectives"]
+    full_sizes = cfg["data"].get("splits") or {}
+    assert all(tiny["data"]["splits"][k] < full_sizes[k] for k in full_sizes if full_sizes[k])
+    assert tiny["model"]["train"]["epochs"] <= cfg["model"]["train"]["epochs"]
+    assert tiny["search"]["budget"] < cfg["search"]["budget"] and tiny["device"] == "cpu"
 
 
 @pytest.mark.parametrize("option", _options("model"))
@@ -109,7 +110,7 @@ def test_every_model_option_builds(option: str) -> None:
 @pytest.mark.parametrize("option", _options("platform"))
 def test_every_platform_option_parses(option: str) -> None:
     platform = platform_from_config(_compose([f"platform={option}"])["platform"])
-    assert platform.name == option and len(platform.links) == len(platform.devices) - 1
+    assert platform.name == option
 
 
 def _data_overrides(option: str, root: Path, tmp_path: Path) -> list[str]:
@@ -160,6 +161,8 @@ def test_heads_space_and_search_options_instantiate(tmp_path: Path) -> None:
         assert 1 <= len(rows) <= 4 and rows.shape[1] == space.n_genes
         for config in space.configs(space.repair_matrix(rows)):  # EENNs the space can hold
             assert len(config.exits) <= space.max_exits
+            assert all(e.candidate < space.n_candidates and e.head < space.n_heads
+                       for e in config.exits)
             assert len(config.boundaries) == space.n_links
 
 
@@ -191,7 +194,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run_tiny(name: str, *, runs: Path, data_root: Path,
               cache: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    data = EXPECTED[name][1]
+    data = _compose([f"+experiment={name}"])["data"]["name"]
     root = [] if data == "mnist5k" else [f"data.root={data_root / data}"]
     done = search_cli([f"+experiment={name}", "+debug=tiny", *root,
                        f"hydra.run.dir={runs / name}"], cwd=runs, cache=cache)

@@ -5,6 +5,9 @@ comparison report over a sweep's job folders.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,31 +107,45 @@ def _launcher(name: str, overrides: list[str]) -> dict[str, Any]:
     return node
 
 
-@pytest.mark.parametrize(("preset", "gpus"), [("slurm", None), ("slurm_gpu", 1)])
-def test_slurm_presets_make_a_valid_sbatch_script(preset: str, gpus: int | None,
-                                                  tmp_path: Path) -> None:
-    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+_SBATCH = """#!/bin/sh
+# stand-in for SLURM's sbatch: keep the script it is given, refuse the job
+for last; do :; done
+cp "$last" "$SBATCH_CAPTURE"
+echo "sbatch: error: test stand-in, no cluster" >&2
+exit 1
+"""
 
-    params = _launcher(preset, ["hydra.launcher.partition=gpu", "hydra.launcher.account=lab"])
-    assert params["_target_"].endswith("SlurmLauncher") and params["gpus_per_node"] == gpus
-    # the mapping the submitit launcher applies (AutoExecutor generic names -> SLURM names)
-    generic = SlurmExecutor._equivalence_dict()
-    skip = {"_target_", "submitit_folder", "max_num_timeout", "setup", "additional_parameters",
-            "stderr_to_stdout", "srun_args"}
-    sbatch: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in skip or value is None:
-            continue
-        key = generic.get(key, key)
-        sbatch[key] = f"{value}GB" if key == "mem" else value
-    sbatch["job_name"] = "search"
-    script = _make_sbatch_string(command="python -m search", folder=str(tmp_path), **sbatch)
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=",
+
+@pytest.mark.parametrize(("preset", "gpus"), [("slurm", None), ("slurm_gpu", 1)])
+def test_slurm_presets_submit_a_valid_sbatch_script(preset: str, gpus: int | None,
+                                                    tmp_path: Path) -> None:
+    """The real launcher submits the sweep: stand-in srun/sbatch on PATH catch the script."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(_SBATCH)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks it exists
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    script = tmp_path / "submitted.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SBATCH_CAPTURE": str(script)}
+    done = subprocess.run(
+        [sys.executable, "-m", "search", "-m", f"hydra/launcher={preset}", "+debug=tiny",
+         "seed=0,1", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path / 'cache'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0 and "test stand-in, no cluster" in done.stderr, done.stderr[-2000:]
+    params = _launcher(preset, [])
+    text = script.read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab",
+                 f"#SBATCH --time={params['timeout_min']}",
                  f"#SBATCH --cpus-per-task={params['cpus_per_task']}",
-                 f"#SBATCH --mem={params['mem_gb']}GB"):
-        assert line in script, line
-    assert ("#SBATCH --gpus-per-node=1" in script) == (gpus == 1)
-    assert "#SBATCH --signal=USR2@" in script  # preemption: submitit requeues the job
+                 f"#SBATCH --mem={params['mem_gb']}GB",
+                 f"#SBATCH --array=0-1%{min(params['array_parallelism'], 2)}"):  # 2 points
+        assert line in text, line
+    assert ("#SBATCH --gpus-per-node=1" in text) == (gpus == 1)
+    assert "#SBATCH --signal=USR2@" in text  # preemption: submitit requeues the job
+    assert f"-m submitit.core._submit {tmp_path / 'sweep'}" in text
 
 
 def test_local_presets_compose() -> None:
