@@ -116,15 +116,27 @@ def open_array(path: Path, name: str, shape: Sequence[int], dtype: DTypeLike) ->
     return np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=tuple(shape))
 
 
-def commit_entry(path: Path, files: Sequence[str], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Finish an entry: rename ``.part`` files, checksum every file, write the manifest last."""
+def commit_entry(
+    path: Path,
+    files: Sequence[str],
+    meta: Mapping[str, Any],
+    *,
+    checksums: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Finish an entry: rename ``.part`` files, checksum every file, write the manifest last.
+
+    ``checksums`` (file name -> SHA-256 hex) are taken as given for files hashed while they
+    were written (see :mod:`evaluators._npy_stream`); other files are read and hashed here.
+    """
+    known = checksums or {}
     info: dict[str, Any] = {}
     for name in files:
         part = path / f"{name}.part"
         if part.exists():
             os.replace(part, path / name)
         file = path / name
-        info[name] = {"bytes": file.stat().st_size, "sha256": hash_file(file)}
+        digest = known[name] if name in known else hash_file(file)
+        info[name] = {"bytes": file.stat().st_size, "sha256": digest}
     full = {**meta, "files": info}
     text = json.dumps(full, indent=1, sort_keys=True)
     atomic_write(path / MANIFEST, lambda tmp: tmp.write_text(text))

@@ -3,13 +3,20 @@
 One backbone pass per split captures every candidate at once (an fx graph whose
 outputs are the candidate nodes, pooled in-graph, plus the final logits; or
 forward hooks for ``kind="module"``). Each (split, candidate) is one cache
-entry keyed by a content hash of weights, data, candidate and pooling:
+entry keyed by a content hash of weights, data, candidate, pooling and precision:
 
-* ``train`` features are fp16 memory maps (head training only needs that much);
-  on a GPU that pass runs in fp16 autocast and channels-last;
-* every other split (``val``, ``test``) is float32 and computed in plain fp32
-  (no autocast, default layout), so the prediction table sees the numbers a
-  live fp32 EENN sees.
+* ``train`` features are stored as fp16 (head training only needs that much)
+  and computed in ``features.train_precision`` (``auto``: bf16 autocast on a
+  CUDA GPU, fp32 on a CPU);
+* every other split (``val``, ``test``) is stored as float32 and computed in
+  ``features.eval_precision`` (default ``fp32``: IEEE float32, TF32 off), so the
+  prediction table sees the numbers a live fp32 EENN sees.
+
+The precision each split was computed in is recorded in its entries' manifests
+and in :attr:`FeatureStore.precision`. On a GPU the pass runs channels-last,
+inputs are normalised on the device, and pooled features are copied to pinned
+host buffers without waiting, then written and checksummed by background
+threads while the next batch runs (see :mod:`evaluators._feature_pass`).
 
 The budget (``features.budget_gib``) is checked on an estimate before the
 pass, from the candidate shapes of a one-sample probe.
@@ -33,21 +40,23 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from evaluators._cache import (
-    CacheError,
-    commit_entry,
-    ensure_writable,
-    open_array,
-    read_entry,
-    reset_entry,
+from evaluators._cache import CacheError, ensure_writable, read_entry, reset_entry
+from evaluators._extract import (
+    PRECISIONS,
+    HookExtractor,
+    build_extractor,
+    iter_batches,
+    precision_mode,
+    probe,
+    resolve_precision,
 )
-from evaluators._extract import HookExtractor, build_extractor, iter_batches, probe
+from evaluators._feature_pass import OUTPUT, _write_split
 from evaluators._pool import FeatureCacheError, pool_features, pooled_shape
 from evaluators.hashing import hash_json
 
 __all__ = [
+    "PRECISIONS",
     "CacheError",
     "FeatureCacheError",
     "FeatureStore",
@@ -55,11 +64,10 @@ __all__ = [
     "iter_batches",
     "pool_features",
     "pooled_shape",
+    "precision_mode",
 ]
 
-FORMAT_VERSION = 1
-OUTPUT = "__output__"  # pseudo-candidate of the entry holding labels and logits
-_FP16_MAX = 65504.0
+FORMAT_VERSION = 2  # 2: keys and manifests name the precision of the pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +82,7 @@ class FeatureStore:
     shapes: Mapping[str, tuple[int, ...]]  # pooled (stored) shape at each candidate
     keys: Mapping[tuple[str, str], str]  # (split, candidate or OUTPUT) -> entry key
     arrays: Mapping[tuple[str, str], NDArray[Any]] = field(repr=False)
+    precision: Mapping[str, str] = field(default_factory=dict)  # split -> fp32, tf32, bf16, fp16
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -139,6 +148,7 @@ def _entry_key(
     point: str,
     kind: str,
     pool: int,
+    precision: str,
 ) -> str:
     return hash_json(
         {
@@ -150,77 +160,9 @@ def _entry_key(
             "point": point,
             "kind": kind,
             "pool": None if point == OUTPUT else pool,
+            "precision": precision,
         }
     )
-
-
-def _write_split(
-    extractor: nn.Module,
-    dataset: Dataset[Any],
-    *,
-    split: str,
-    todo: Mapping[str, Path],
-    points: Sequence[str],
-    shapes: Mapping[str, tuple[int, ...]],
-    num_classes: int,
-    meta: Mapping[str, Any],
-    batch_size: int,
-    device: torch.device,
-    progress: bool,
-) -> None:
-    """One pass over ``dataset`` writing the missing entries ``todo`` (candidate -> folder)."""
-    n = len(dataset)  # type: ignore[arg-type]
-    dtype = np.float16 if split == "train" else np.float32
-    # mixed precision and channels-last only where exactness does not matter (train on a GPU)
-    fast = device.type == "cuda" and split == "train"
-    extractor.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
-    arrays = {
-        p: open_array(d, "features.npy", (n, *shapes[p]), dtype)
-        for p, d in todo.items()
-        if p != OUTPUT
-    }
-    out_dir = todo.get(OUTPUT)
-    if out_dir is not None:
-        labels = open_array(out_dir, "labels.npy", (n,), np.int64)
-        logits = open_array(out_dir, "logits.npy", (n, num_classes), np.float32)
-    # no msync: the page cache survives a killed process, and the manifest's
-    # checksums catch what a power loss would leave behind
-    pos = 0
-    bar = tqdm(total=n, desc=f"features {split}", unit="sample", disable=not progress, leave=False)
-    with torch.inference_mode(), bar:
-        for x, y in iter_batches(dataset, batch_size):
-            x = x.float().to(device, non_blocking=True)
-            if fast and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=fast):
-                outs = extractor(x)
-            end = pos + x.shape[0]
-            for point, feat in zip(points, outs[1:], strict=True):
-                if point in arrays:
-                    if dtype == np.float16:  # our own tensor (see _snapshot): clamp in place
-                        feat = feat.float().clamp_(-_FP16_MAX, _FP16_MAX).half()
-                    arrays[point][pos:end] = (
-                        feat.float().cpu().numpy() if dtype == np.float32 else feat.cpu().numpy()
-                    )
-            if out_dir is not None:
-                labels[pos:end] = y.cpu().numpy()
-                logits[pos:end] = outs[0].float().cpu().numpy()
-            pos = end
-            bar.update(x.shape[0])
-    for point, folder in todo.items():
-        files = ("labels.npy", "logits.npy") if point == OUTPUT else ("features.npy",)
-        commit_entry(
-            folder,
-            files,
-            {
-                **meta,
-                "split": split,
-                "point": point,
-                "n": n,
-                "shape": list(shapes.get(point, ())),
-                "dtype": np.dtype(dtype).name,
-            },
-        )
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -238,6 +180,32 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _probe_shapes(
+    net: nn.Module, points: Sequence[str], kind: str, dataset: Dataset[Any], device: torch.device
+) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """(number of classes, raw activation shape per candidate) from a one-sample pass."""
+    prober = build_extractor(net, points, kind, None)
+    raw = probe(prober, dataset, device)
+    if isinstance(prober, HookExtractor):
+        prober.remove()
+    return raw[0][0], dict(zip(points, raw[1:], strict=True))
+
+
+def _load_arrays(
+    root: Path, keys: Mapping[tuple[str, str], str]
+) -> dict[tuple[str, str], NDArray[Any]]:
+    """Read-only memory maps of every entry: features, labels and logits."""
+    arrays: dict[tuple[str, str], NDArray[Any]] = {}
+    for (split, point), key in keys.items():
+        folder = root / key
+        if point == OUTPUT:
+            arrays[(split, "labels")] = np.load(folder / "labels.npy", mmap_mode="r")
+            arrays[(split, "logits")] = np.load(folder / "logits.npy", mmap_mode="r")
+        else:
+            arrays[(split, point)] = np.load(folder / "features.npy", mmap_mode="r")
+    return arrays
+
+
 def extract_features(
     model: nn.Module,
     datasets: Mapping[str, Dataset[Any]],
@@ -251,32 +219,40 @@ def extract_features(
     batch_size: int = 256,
     budget_gib: float = 4.0,
     device: str = "cpu",
+    train_precision: str = "auto",
+    eval_precision: str = "fp32",
     progress: bool = True,
 ) -> FeatureStore:
     """Pooled features at every candidate for every split, from one backbone pass per split.
 
     ``points`` are fx node names of :func:`evaluators.graph.trace` (``kind="node"``)
-    or module paths (``kind="module"``, forward hooks). Complete cache entries
-    are reused; a split whose entries are all complete is not run at all.
-    ``model`` is not modified (a copy is moved to ``device``). Raises
-    :class:`FeatureCacheError` (one line) for a bad candidate, pool, device,
-    an exceeded budget or an unwritable ``cache_dir``.
+    or module paths (``kind="module"``, forward hooks). The ``train`` split is
+    computed in ``train_precision``, every other split in ``eval_precision``
+    (see :data:`PRECISIONS`). Complete cache entries are reused; a split whose
+    entries are all complete is not run at all. ``model`` is not modified (a
+    copy is moved to ``device``). Raises :class:`FeatureCacheError` (one line)
+    for a bad candidate, pool, device, precision, an exceeded budget or an
+    unwritable ``cache_dir``.
     """
     if pool < 1:
         raise FeatureCacheError(f"features.pool={pool} must be >= 1")
     if not points:
         raise FeatureCacheError("no exit candidates given; check model.candidates")
+    dev = _resolve_device(device)
+    precision = {
+        split: resolve_precision(
+            train_precision if split == "train" else eval_precision,
+            dev,
+            key=f"features.{'train' if split == 'train' else 'eval'}_precision",
+        )
+        for split in datasets
+    }
     root = Path(cache_dir) / "features"
     ensure_writable(root)
-    dev = _resolve_device(device)
     net = copy.deepcopy(model).float().to(dev).eval()
-    first = next(iter(datasets.values()))
-    prober = build_extractor(net, points, kind, None)
-    raw = probe(prober, first, dev)
-    if isinstance(prober, HookExtractor):
-        prober.remove()
-    num_classes = raw[0][0]
-    raw_shapes = dict(zip(points, raw[1:], strict=True))
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    num_classes, raw_shapes = _probe_shapes(net, points, kind, next(iter(datasets.values())), dev)
     shapes = {p: pooled_shape(s, pool) for p, s in raw_shapes.items()}
     sizes = {split: len(ds) for split, ds in datasets.items()}  # type: ignore[arg-type]
     _check_budget(sizes, shapes, num_classes, pool=pool, budget_gib=budget_gib)
@@ -296,6 +272,7 @@ def extract_features(
             point=p,
             kind=kind,
             pool=pool,
+            precision=precision[split],
         )
         for split in datasets
         for p in (*points, OUTPUT)
@@ -321,16 +298,9 @@ def extract_features(
                 meta=meta,
                 batch_size=batch_size,
                 device=dev,
+                precision=precision[split],
                 progress=progress,
             )
-    arrays: dict[tuple[str, str], NDArray[Any]] = {}
-    for (split, point), key in keys.items():
-        folder = root / key
-        if point == OUTPUT:
-            arrays[(split, "labels")] = np.load(folder / "labels.npy", mmap_mode="r")
-            arrays[(split, "logits")] = np.load(folder / "logits.npy", mmap_mode="r")
-        else:
-            arrays[(split, point)] = np.load(folder / "features.npy", mmap_mode="r")
     return FeatureStore(
         root=root,
         points=tuple(points),
@@ -339,5 +309,6 @@ def extract_features(
         raw_shapes=raw_shapes,
         shapes=shapes,
         keys=keys,
-        arrays=arrays,
+        arrays=_load_arrays(root, keys),
+        precision=precision,
     )

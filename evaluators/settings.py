@@ -28,6 +28,7 @@ from evaluators._config import (
     strict_str,
     to_config,
 )
+from evaluators._extract import PRECISIONS
 from evaluators._training import BackboneError, TrainRecipe
 from evaluators.models import ARCHITECTURES
 
@@ -46,6 +47,11 @@ class FeatureSettings:
     pool: int = 4  # adaptive average pooling of each candidate's activation to <= pool x pool
     batch_size: int = 256
     budget_gib: float = 4.0  # refuse (with the knobs to turn) a feature cache larger than this
+    # arithmetic of the backbone pass (recorded in the cache and summary.json): fp32 = IEEE
+    # float32 (TF32 off) | tf32 (TF32 matrix units on a CUDA GPU) | bf16 | fp16 (autocast) |
+    # auto (bf16 on a CUDA GPU, fp32 on a CPU)
+    train_precision: str = "auto"  # train features: they only fit the heads (stored as fp16)
+    eval_precision: str = "fp32"  # val/test features and logits: what the search reads
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> FeatureSettings:
@@ -54,7 +60,11 @@ class FeatureSettings:
         d = cls()
         return cls(pool=g.integer("pool", d.pool, low=1),
                    batch_size=g.integer("batch_size", d.batch_size, low=1),
-                   budget_gib=g.number("budget_gib", d.budget_gib, above=0.0))
+                   budget_gib=g.number("budget_gib", d.budget_gib, above=0.0),
+                   train_precision=g.text("train_precision", d.train_precision,
+                                          choices=PRECISIONS),
+                   eval_precision=g.text("eval_precision", d.eval_precision,
+                                         choices=PRECISIONS))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,14 +2,16 @@
 
 For every head at every candidate, and for the backbone's own classifier (its
 cached logits), on every ``val`` and ``test`` sample: predicted class and the
-confidences of :data:`evaluators.eenn.METRICS`. Everything is float32 from the
-float32 val/test features, heads in eval mode; :func:`exit_scores` is the one
-function that turns logits into (prediction, confidences), for the runtime too.
+confidences of :data:`evaluators.eenn.METRICS`. Everything is IEEE float32 from
+the float32 val/test features, heads in eval mode, on the CPU or a GPU (TF32
+off); :func:`exit_scores` is the one function that turns logits into
+(prediction, confidences), for the runtime too.
 The table is cached beside the features, keyed by the heads and the features.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -18,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from evaluators._cache import commit_entry, ensure_writable, read_entry, reset_entry
+from evaluators.device import resolve_device
 from evaluators.eenn import METRICS
-from evaluators.features import FeatureStore
+from evaluators.features import FeatureStore, precision_mode
 from evaluators.hashing import hash_json, hash_state_dict
 from evaluators.head_training import TrainedHeads
 from evaluators.heads import head_costs
@@ -62,26 +65,30 @@ def _split(
     n_c: int,
     n_h: int,
     batch_size: int,
+    device: torch.device,
 ) -> SplitPredictions:
+    """Predictions of every head on ``split``, computed on ``device`` in IEEE float32."""
     n = store.n_samples(split)
-    pred = np.zeros((n_c, n_h, n), dtype=np.int16)
-    conf = np.zeros((len(METRICS), n_c, n_h, n), dtype=np.float32)
-    with torch.inference_mode():
+    pred = torch.empty((n_c, n_h, n), dtype=torch.int16, device=device)
+    conf = torch.empty((len(METRICS), n_c, n_h, n), dtype=torch.float32, device=device)
+    with torch.inference_mode(), precision_mode("fp32", device):
         for c, point in enumerate(store.points[:n_c]):
+            modules = [copy.deepcopy(heads[(c, h)]).eval().to(device) for h in range(n_h)]
             feats = store.features(split, point)
             for start in range(0, n, batch_size):
-                x = torch.from_numpy(np.array(feats[start : start + batch_size], dtype=np.float32))
-                for h in range(n_h):
-                    p, s = exit_scores(heads[(c, h)].eval()(x))
-                    pred[c, h, start : start + len(x)] = p.numpy()
-                    conf[:, c, h, start : start + len(x)] = s.numpy()
+                chunk = np.array(feats[start : start + batch_size], dtype=np.float32)
+                x = torch.from_numpy(chunk).to(device)
+                for h, module in enumerate(modules):
+                    p, s = exit_scores(module(x))
+                    pred[c, h, start : start + len(x)] = p
+                    conf[:, c, h, start : start + len(x)] = s
         final_pred, final_conf = exit_scores(
             torch.from_numpy(np.array(store.logits(split), dtype=np.float32))
         )
     return SplitPredictions(
         labels=np.array(store.labels(split), dtype=np.int64),
-        head_pred=pred,
-        head_conf=conf,
+        head_pred=pred.cpu().numpy(),
+        head_conf=conf.cpu().numpy(),
         final_pred=final_pred.numpy().astype(np.int16),
         final_conf=final_conf.numpy(),
     )
@@ -118,12 +125,15 @@ def build_prediction_table(
     *,
     candidate_names: Sequence[str] | None = None,
     head_names: Sequence[str] | None = None,
-    batch_size: int = 1024,
+    batch_size: int = 4096,
+    device: str = "cpu",
 ) -> PredictionTable:
     """The val/test :class:`PredictionTable` of ``heads`` on ``store`` (cached, reused).
 
     ``candidate_names`` default to the store's points and ``head_names`` to the
     trained heads' names; heads are indexed ``(candidate, head)`` in that order.
+    The heads run on ``device`` (cpu, cuda or auto) in IEEE float32 (TF32 off), so
+    a GPU gives the CPU's numbers up to float rounding.
     """
     modules = heads.heads if isinstance(heads, TrainedHeads) else heads
     cands = tuple(candidate_names if candidate_names is not None else store.points)
@@ -145,11 +155,12 @@ def build_prediction_table(
         return load_predictions(folder / _FILE)
     ensure_writable(folder.parent)
     reset_entry(folder)
+    dev = resolve_device(device)
     table = PredictionTable(
         candidate_names=cands,
         head_names=names,
-        val=_split(store, modules, "val", len(cands), len(names), batch_size),
-        test=_split(store, modules, "test", len(cands), len(names), batch_size),
+        val=_split(store, modules, "val", len(cands), len(names), batch_size, dev),
+        test=_split(store, modules, "test", len(cands), len(names), batch_size, dev),
     )
     save_predictions(table, folder / _FILE)
     commit_entry(folder, [_FILE], {"version": _VERSION})

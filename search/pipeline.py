@@ -94,11 +94,13 @@ def prepare(settings: ExperimentSettings | Mapping[str, Any] | DictConfig, *,
         batch_size=s.features.batch_size,
         budget_gib=s.features.budget_gib,
         device=dev.type,
+        train_precision=s.features.train_precision,
+        eval_precision=s.features.eval_precision,
         progress=progress,
     )
     family = s.heads
     heads = train_heads(store, family, seed=s.seed, device=dev.type, progress=progress)
-    predictions = build_prediction_table(store, heads)
+    predictions = build_prediction_table(store, heads, device=dev.type)
     macs, params = head_costs(
         family,
         [store.raw_shapes[p] for p in store.points],

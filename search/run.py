@@ -108,6 +108,7 @@ def _summary(prepared: Prepared, result: SearchResult, name: str,
         "backbone_checkpoint": str(prepared.backbone.checkpoint),
         "backbone_trained_now": prepared.backbone.trained_now,
         "weights_hash": prepared.backbone.weights_hash,
+        "feature_precision": dict(prepared.store.precision),  # split -> fp32/tf32/bf16/fp16
         "n_trials": len(result.records),
     }
 

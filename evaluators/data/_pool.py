@@ -63,15 +63,29 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
         self.scale = scale
         self.mean = mean.to(torch.float32)
         self.std = std.to(torch.float32)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = (self.inputs[index].to(torch.float32) * self.scale - self.mean) / self.std
-        return x, int(self.labels[index])
+        return self.normalise(self.inputs[index]), int(self.labels[index])
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(raw * scale - mean) / std`` as float32 on ``raw``'s device, for one sample or a batch.
+
+        The one formula behind every access path (a sample, a batch on a GPU, all at once), so
+        they give the same floats: one elementwise op at a time, as IEEE float32 everywhere.
+        """
+        if raw.device not in self._constants:  # moved once: a copy per batch would sync a GPU
+            self._constants[raw.device] = (self.mean.to(raw.device), self.std.to(raw.device))
+        mean, std = self._constants[raw.device]
+        return (raw.to(torch.float32) * self.scale - mean) / std
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (e.g. for DataLoader workers) without the per-device copies of mean/std."""
+        return {**self.__dict__, "_constants": {}}
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All samples at once (normalised float32 inputs, int64 labels), for fast batched use."""
-        x = (self.inputs.to(torch.float32) * self.scale - self.mean) / self.std
-        return x, self.labels
+        return self.normalise(self.inputs), self.labels

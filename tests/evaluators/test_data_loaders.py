@@ -254,3 +254,40 @@ def test_mitbih_inter_patient_protocol_keeps_patients_apart(tmp_path: Path) -> N
     (tmp_path / "234.hea").unlink()
     with pytest.raises(DataError, match=r"234\.hea"):
         _load(cfg, seed=0)
+
+
+def test_cifar10_decode_equals_torchvisions_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pickles decoded straight to uint8 (N, 3, 32, 32) and normalised in batches give what
+    torchvision's CIFAR10 with ToTensor + Normalize gives, sample by sample."""
+    from torchvision import transforms
+    from torchvision.datasets import CIFAR10, cifar
+
+    from evaluators.data._cifar10 import _MEAN, _STD, load
+    from evaluators.data._pool import ArrayDataset
+
+    _write_cifar(tmp_path, per_batch=12)
+    # our fixture pickles are not the official files: skip torchvision's MD5 checks only
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(_MEAN, _STD)])
+    ref = [CIFAR10(str(tmp_path), train=t, transform=transform) for t in (True, False)]
+    pool = load(DataSettings.from_mapping({"loader": "cifar10", "root": str(tmp_path)}), seed=0)
+    n = len(pool.labels)
+    assert n == len(ref[0]) + len(ref[1]) == 72
+    raw = pool.read(np.arange(n))
+    assert raw.dtype == torch.uint8 and raw.shape == (n, 3, 32, 32)
+    want_raw = np.concatenate([d.data for d in ref]).transpose(0, 3, 1, 2)  # HWC -> CHW
+    np.testing.assert_array_equal(raw.numpy(), want_raw)
+    np.testing.assert_array_equal(pool.labels, np.concatenate([d.targets for d in ref]))
+    ds = ArrayDataset(
+        raw,
+        torch.as_tensor(pool.labels),
+        scale=pool.scale,
+        mean=torch.tensor(pool.mean).view(3, 1, 1),
+        std=torch.tensor(pool.std).view(3, 1, 1),
+    )
+    ours = ds.tensors()[0]
+    theirs = torch.stack([ref[i >= 60][i % 60][0] for i in range(n)])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
