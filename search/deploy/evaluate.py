@@ -34,6 +34,7 @@ from rich.table import Table
 from evaluators.costs import PathCosts, path_costs
 from evaluators.device import resolve_device
 from evaluators.eenn import METRICS, EENNConfig, exit_shares
+from evaluators.features import precision_mode
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search import rundir
@@ -175,7 +176,11 @@ def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> 
     paths = path_costs(config, prep.costs, prep.platform)
     out: dict[str, Any] = {}
     for split in ("val", "test"):
-        record = run_dataset(eenn, getattr(prep.data, split), batch_size=batch_size, device=device)
+        # the precision the table's features were computed in (strict float32 by default):
+        # on a GPU, cuDNN's default TF32 convolutions would move confidences by ~1e-3
+        with precision_mode(prep.store.precision.get(split, "fp32"), device):
+            record = run_dataset(eenn, getattr(prep.data, split), batch_size=batch_size,
+                                 device=device)
         table: SplitPredictions = getattr(prep.predictions, split)
         if not np.array_equal(record.labels, table.labels):
             raise ValueError(f"{split} labels differ from the prediction table's; the data "
