@@ -21,6 +21,7 @@ manual recipe; 30,000 evaluations cost less than the baseline's 3,000.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -41,14 +42,14 @@ TARGET_EVALS_PER_S = 10_000
 def _problem() -> tuple[Any, Any, Any]:
     """The default experiment's space and val evaluator, prepared in process."""
     from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
 
     from evaluators.proxy import ProxyEvaluator
-    from evaluators.settings import plain
     from search.pipeline import prepare
     from spaces.space import build_space
 
-    with initialize_config_module("conf", version_base="1.3"):
-        cfg = plain(compose("config"))
+    with initialize_config_module("conf", version_base="1.3"):  # also the baseline's code
+        cfg = OmegaConf.to_container(compose("config"), resolve=True)
     prepared = prepare(cfg, progress=False)
     table = prepared.predictions
     space = build_space(cfg["space"], val=table.val, platform=prepared.platform)
@@ -64,9 +65,11 @@ def _search(cfg: dict[str, Any], space: Any, ev: Any, *, backend: str, budget: i
     search = {**cfg["search"], "backend": backend, "budget": budget, "baselines": baselines}
     if backend.startswith("optuna"):
         search["storage"] = ":memory:"
+    # the baseline commit named this argument cfg_search
+    name = "cfg_search" if "cfg_search" in inspect.signature(run_search).parameters else "settings"
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
-        result = run_search(evaluator=ev, space=space, settings=search,
+        result = run_search(evaluator=ev, space=space, **{name: search},
                             objectives=cfg["objectives"], constraints=cfg["constraints"],
                             seed=0, run_dir=Path(run_dir), progress=False)
         return result, time.perf_counter() - t0
@@ -80,10 +83,11 @@ def _rate(result: Any, strategy: str) -> dict[str, Any]:
 
 def _current() -> dict[str, Any]:
     cfg, space, ev = _problem()
-    _search(cfg, space, ev, backend="random", budget=200, baselines=[])  # warm-up
     out: dict[str, Any] = {}
     for backend, budget in (("pymoo_nsga2", 3000), ("random", 3000), ("optuna_nsga2", 1000),
                             ("optuna_tpe", 300)):
+        # warm-up: the backend's modules are imported once per process, not per search
+        _search(cfg, space, ev, backend=backend, budget=100, baselines=[])
         result, _ = _search(cfg, space, ev, backend=backend, budget=budget, baselines=[])
         out[backend] = _rate(result, backend)
     result, _ = _search(cfg, space, ev, backend="random", budget=1, baselines=["manual"])
