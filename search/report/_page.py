@@ -112,6 +112,21 @@ def _chosen_html(chosen: dict[str, Any]) -> str:
     return f"<pre>{text}</pre>{table}"
 
 
+def _infeasible_banner(summary: dict[str, Any]) -> str:
+    """The page opens with this when the run found no feasible EENN (summary.json status)."""
+    if summary.get("status", "feasible") == "feasible":
+        return ""
+    broken = "; ".join(f"{k} by {v:.4g}" for k, v in (summary.get("violations") or {}).items())
+    relax = "; ".join(summary.get("relax") or [])
+    notes = "".join(f"<br>{html.escape(n)}" for n in summary.get("notes") or [])
+    return ('<div class="note" style="border:2px solid crimson;padding:0.6em">'
+            "<strong>No feasible EENN.</strong> "
+            f"{html.escape(str(summary.get('message') or ''))}"
+            + (f"<br>Binding: {html.escape(broken)}" if broken else "")
+            + (f"<br>To admit the closest trial, relax: {html.escape(relax)}" if relax else "")
+            + f"{notes}</div>")
+
+
 def _header(run: Run, front: ParetoFrontInfo) -> str:
     counts = ", ".join(
         f"{p.strategy}: {len(p.trial)} evaluated, {int(p.feasible.sum())} feasible, "
@@ -182,6 +197,7 @@ def render_report(run: Run) -> str:
     front = get_pareto_front_info(run)
     hv = get_hypervolume_info(run, front)
     parts = [
+        _infeasible_banner(run.summary),
         _header(run, front),
         "<h2>Pareto front</h2>",
         embed(pareto_figure(front), div_id="eenn-pareto"),

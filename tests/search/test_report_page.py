@@ -146,9 +146,15 @@ def test_report_with_nothing_feasible_and_no_chosen_trial(tmp_path: Path) -> Non
     run_dir = fake.write_custom_run(tmp_path / "bad", rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     del summary["chosen_trial"], summary["input_shape"]
+    summary.update(status="no_feasible_eenn", violations={"accuracy_drop": 0.02},
+                   relax=["constraints.max_accuracy_drop=0.03"])
     (run_dir / "summary.json").write_text(json.dumps(summary))
     text = write_report(run_dir).read_text()
     assert _state(text)["initial"] == "0" and "0 on the front" in text
+    # the page opens with it: before the first section, with what binds and what relaxes it
+    banner = text.index("No feasible EENN")
+    assert banner < text.index("<h2>")
+    assert "accuracy_drop by 0.02" in text and "constraints.max_accuracy_drop=0.03" in text
 
 
 def test_text_from_the_run_is_escaped(tmp_path: Path) -> None:
