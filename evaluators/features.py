@@ -53,6 +53,7 @@ from evaluators._extract import (
 )
 from evaluators._feature_pass import OUTPUT, _write_split
 from evaluators._pool import FeatureCacheError, pool_features, pooled_shape
+from evaluators.device import resolve_device
 from evaluators.hashing import hash_json
 
 __all__ = [
@@ -165,21 +166,6 @@ def _entry_key(
     )
 
 
-def _resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (a GPU when there is one) as a checked torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise FeatureCacheError(f"device={device!r} is not cpu, cuda or auto") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FeatureCacheError(
-            f"device={device!r} but no CUDA GPU is available; use device=cpu or auto"
-        )
-    return resolved
-
-
 def _probe_shapes(
     net: nn.Module, points: Sequence[str], kind: str, dataset: Dataset[Any], device: torch.device
 ) -> tuple[int, dict[str, tuple[int, ...]]]:
@@ -238,7 +224,7 @@ def extract_features(
         raise FeatureCacheError(f"features.pool={pool} must be >= 1")
     if not points:
         raise FeatureCacheError("no exit candidates given; check model.candidates")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     precision = {
         split: resolve_precision(
             train_precision if split == "train" else eval_precision,

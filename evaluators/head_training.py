@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from evaluators._cache import commit_entry, ensure_writable, read_entry, reset_entry
 from evaluators._head_batches import _EVAL_CHUNK, _STACKED_KINDS, _Inputs, _Stack
-from evaluators.features import FeatureStore, _resolve_device
+from evaluators.device import resolve_device
+from evaluators.features import FeatureStore
 from evaluators.hashing import hash_json
 from evaluators.heads import ExitHead, HeadFamily, HeadSpec, HeadTraining, build_head
 
@@ -231,7 +232,7 @@ def train_heads(
     if read_entry(folder) is None:
         ensure_writable(folder.parent)
         reset_entry(folder)
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             heads = {k: h.to(dev).train() for k, h in _build_all(store, family).items()}
