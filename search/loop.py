@@ -33,7 +33,7 @@ from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvalu
 from search.backends import History, make_backend
 from search.baselines import manual_configs
 from search.results import TrialLog, scores_to_records, write_results
-from search.rundir import batch_to_json, config_from_json, hypervolumes
+from search.rundir import batch_to_json, config_from_json
 from search.settings import SearchSettings
 from spaces.space import EarlyExitSpace
 
@@ -45,7 +45,10 @@ _STALE_ASKS = 50
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SearchResult:
-    """Everything a run produced: all trials, the chosen point, hypervolumes."""
+    """Everything a search produced: all trials, the chosen point, each strategy's loop time.
+
+    Hypervolumes come from the run folder contract (:func:`search.rundir.hypervolume_summary`).
+    """
 
     records: pd.DataFrame  # trials.parquet
     strategy: str
@@ -53,8 +56,6 @@ class SearchResult:
     constraint_names: tuple[str, ...]
     chosen: dict[str, Any]  # chosen.yaml
     message: str  # "" or why nothing is feasible
-    hypervolume: dict[str, float]  # per strategy, objectives scaled to [0, 1]
-    hypervolume_reference: list[float]
     seconds: dict[str, float]  # per strategy: wall time of its ask/evaluate/tell/log loop
 
     @property
@@ -128,7 +129,7 @@ def _drive(ctx: _Context, *, strategy: str, settings: SearchSettings, seed: int,
     if done >= budget:
         return
     backend = make_backend(strategy, space=ctx.space, settings=settings, seed=seed,
-                           n_obj=len(ctx.objectives), n_constr=len(ctx.spec.names),
+                           n_obj=len(ctx.objectives),
                            run_dir=run_dir, history=ctx.history(strategy),
                            objectives=ctx.objectives)
     seen, stale = ctx.seen(strategy), 0
@@ -192,7 +193,6 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace,
     chosen = write_results(run_dir, records=records, objectives=objectives,
                            strategy=settings.backend, constraints=spec, evaluator=evaluator,
                            test_evaluator=test_evaluator)
-    hv, ref = hypervolumes(records, objectives)
     return SearchResult(records=records, strategy=settings.backend, objectives=objectives,
                         constraint_names=spec.names, chosen=chosen, message=chosen["message"],
-                        hypervolume=hv, hypervolume_reference=ref, seconds=seconds)
+                        seconds=seconds)

@@ -13,7 +13,7 @@ __all__ = ["make_backend"]
 
 
 def make_backend(name: str, *, space: EarlyExitSpace, settings: SearchSettings, seed: int,
-                 n_obj: int, n_constr: int, run_dir: Path, history: History,
+                 n_obj: int, run_dir: Path, history: History,
                  objectives: Sequence[str] | None = None) -> Backend:
     """Backend ``name`` (the main strategy or a reference one) with ``settings``' options.
 

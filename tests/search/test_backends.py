@@ -37,7 +37,7 @@ def _backend(name, space, seed, tmp_path, history=None):
     cfg = {"population": 16, "batch": 8, "storage": ":memory:", "n_startup_trials": 8}
     empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
     return make_backend(name, space=space, settings=SearchSettings.from_mapping(cfg), seed=seed,
-                        n_obj=2, n_constr=2,
+                        n_obj=2,
                         run_dir=tmp_path, history=history or empty)
 
 
@@ -125,7 +125,7 @@ def _shared(name, space, tmp_path, run, seed=0, history=None, objectives=OBJ2, *
     (tmp_path / run).mkdir(exist_ok=True)
     empty = History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 2)), G=np.zeros((0, 2)))
     return make_backend(name, space=space, settings=SearchSettings.from_mapping(cfg), seed=seed,
-                        n_obj=2, n_constr=2,
+                        n_obj=2,
                         run_dir=tmp_path / run, history=history or empty, objectives=objectives)
 
 
@@ -183,7 +183,7 @@ def test_unreachable_storage_is_one_line(problem, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"^search\.storage=.*127\.0\.0\.1.* cannot be reached"
                                          r".*start the database or fix the URL") as err:
         make_backend("optuna_tpe", space=space, settings=SearchSettings.from_mapping(cfg), seed=0,
-                     n_obj=2, n_constr=2,
+                     n_obj=2,
                      run_dir=tmp_path, history=empty)
     assert "\n" not in str(err.value) and "secret" not in str(err.value)
 

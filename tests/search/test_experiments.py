@@ -155,7 +155,7 @@ def test_heads_space_and_search_options_instantiate(tmp_path: Path) -> None:
         assert settings.backend == option
         (tmp_path / option).mkdir()
         backend = make_backend(option, space=space, settings=settings, seed=0, n_obj=3,
-                               n_constr=2, run_dir=tmp_path / option,
+                               run_dir=tmp_path / option,
                                history=History(X=np.zeros((0, space.n_genes)), F=np.zeros((0, 3)),
                                                G=np.zeros((0, 2))))
         rows = backend.ask(4)
