@@ -35,11 +35,11 @@ from search.rundir import (
     pareto_flags,
 )
 
-__all__ = ["TrialLog", "choose", "exit_arrays", "exit_lists", "scores_to_records",
+__all__ = ["TrialLog", "choose", "exit_lists", "scores_to_records",
            "violations", "write_results"]
 
 
-def exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def _exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """(P, K+1) samples leaving at each active exit (in order) then at the backbone, and correct."""
     at = np.maximum(batch.candidate, 0)
     valid = batch.candidate >= 0
@@ -58,7 +58,7 @@ def exit_lists(batch: ConfigBatch, s: ProxyScores) -> tuple[list[list[float]],
                                                              list[list[float | None]]]:
     """Per row: share of samples leaving at each active exit then the backbone, and the
     accuracy of those samples (None where none leave)."""
-    counts, correct = exit_arrays(batch, s)
+    counts, correct = _exit_arrays(batch, s)
     return exit_shares(counts, correct, lengths=(batch.candidate >= 0).sum(axis=1) + 1)
 
 
