@@ -65,12 +65,28 @@ def _sessions(manifest: dict[str, Any], folder: Path) -> list[Any]:
             for s in manifest["stages"]]
 
 
-def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256) -> RunnerOutput:
-    """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape)."""
+def _crossing(h: NDArray[Any], bits: list[int], src: int, dst: int) -> NDArray[Any]:
+    """``h`` as it arrives on device ``dst`` from ``src``: through each link's wire precision."""
+    from search.deploy._wire import decode_tensor, encode_tensor
+
+    for link in range(src, dst):
+        h = decode_tensor(*encode_tensor(h, bits[link]))
+    return h
+
+
+def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256,
+                 wire: bool = False) -> RunnerOutput:
+    """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape).
+
+    ``wire``: activations crossing a link travel in the sending device's precision
+    (:func:`search.deploy._wire.encode_tensor`), as the distributed runtime sends them;
+    otherwise they stay float32.
+    """
     manifest_path = Path(manifest_path)
     manifest = json.loads(manifest_path.read_text())
     sessions = _sessions(manifest, manifest_path.parent)
     metric = manifest["decision"]["metric"]
+    bits = [int(d["activation_bits"]) for d in manifest["devices"]]
     n_exits = len(manifest["exits"])
     n = len(x)
     pred = np.zeros(n, dtype=np.int64)
@@ -80,9 +96,13 @@ def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256)
     for lo in range(0, n, batch_size):
         alive = np.arange(lo, min(lo + batch_size, n))
         h = np.ascontiguousarray(x[lo : lo + batch_size], dtype=np.float32)
+        at = 0  # the device holding h: the input arises on the first one
         for stage, sess in zip(manifest["stages"], sessions, strict=True):
             if not len(alive):
                 break
+            if wire and stage["device"] != at:
+                h = _crossing(h, bits, at, int(stage["device"]))
+                at = int(stage["device"])
             got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
             outs = dict(zip(stage["outputs"], got, strict=True))
             act = outs.get(stage["activation"]) if stage["activation"] else None
