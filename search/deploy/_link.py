@@ -16,6 +16,7 @@ queued for its previous incarnation: they arrive before the new hello and are re
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -218,10 +219,8 @@ class Receiver:
         """Tell the sender ``ids`` left this tier."""
         meta = np.ascontiguousarray(ids, dtype="<u8")
         frames = w.encode(w.CREDIT, session=self.session, sender=self.tier, meta=meta)
-        try:
+        with contextlib.suppress(zmq.ZMQError):  # the sender is gone: nothing to tell
             self.sock.send_multipart([ident, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError:  # the sender is gone: nothing to tell
-            pass
 
     def close(self) -> None:
         self.sock.close(0)

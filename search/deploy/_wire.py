@@ -38,15 +38,17 @@ OK, DEGRADED, FAILED = 0, 1, 2
 
 # magic, version, kind, dtype code, ndim, session (8 bytes), sender tier, n samples, hops
 _HEAD = struct.Struct("<4sBBBB8sHII")
-_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("i1")}
+_DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("i1")}
 _CODES = {v: k for k, v in _DTYPES.items()}
 # one sample: id, last exit upstream (prediction, exit index, tier; -1 = none), its
 # confidence, and the int8 scale / zero point of the sample's tensor (0 when not int8)
 META = np.dtype([("id", "<u8"), ("fb_pred", "<i2"), ("fb_exit", "<i2"), ("fb_tier", "<i2"),
                  ("fb_conf", "<f4"), ("scale", "<f4"), ("zero", "i1")])
 # one tier a sample passed: arrival and departure (CLOCK_MONOTONIC, shared by the processes
-# of one host), its share of the tier's compute, and the payload bytes it arrived with
-TRACE = np.dtype([("t_in", "<f8"), ("t_out", "<f8"), ("compute_s", "<f4"), ("bytes_in", "<u4")])
+# of one host), its share of the tier's compute, and the payload and framing bytes it arrived
+# with (framing: its share of the message's other frames and of ZMTP's frame headers)
+TRACE = np.dtype([("t_in", "<f8"), ("t_out", "<f8"), ("compute_s", "<f4"), ("bytes_in", "<u4"),
+                  ("framing_in", "<f4")])
 # an answer: id, class, exit index (K = backbone classifier), tier, status, confidence
 ANS = np.dtype([("id", "<u8"), ("pred", "<i2"), ("exit", "<i2"), ("tier", "<i2"),
                 ("status", "u1"), ("conf", "<f4")])
@@ -166,7 +168,7 @@ def decode(frames: list[bytes], *, session: bytes,
     want = {HELLO: 2, READY: 2, CREDIT: 2, ANSWER: 3, DATA: 4}[kind]
     if len(frames) != want:
         raise FrameError(f"{_KINDS[kind]} message of {len(frames)} frames, expected {want}")
-    framing = sum(len(f) for f in frames[:3])
+    framing = sum(len(f) for f in frames[:3]) + sum(2 if len(f) < 256 else 9 for f in frames)
     empty = np.zeros(0, META)
     if kind in (HELLO, READY):
         try:

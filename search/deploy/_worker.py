@@ -102,6 +102,7 @@ class Worker:
             hop = np.zeros((n, 1), w.TRACE)
             hop["t_in"] = now
             hop["bytes_in"] = msg.payload_bytes // max(n, 1)
+            hop["framing_in"] = msg.framing_bytes / max(n, 1)
             assert msg.tensor is not None
             x = w.decode_tensor(msg.tensor, msg.meta["scale"], msg.meta["zero"])
             self.pending.append(_Batch(meta=msg.meta.copy(), x=x, idents=[ident] * n,
