@@ -96,9 +96,10 @@ def _links(manifest: Mapping[str, Any], trace: NDArray[Any], reached: NDArray[An
         out.append({
             "name": lk["name"], "from": lk["from"], "to": lk["to"],
             "samples": int(crossed.sum()),
-            "payload_bytes_per_sample": payload[0] if len(payload) == 1 else payload,
+            "payload_bytes_per_sample": payload[0] if len(payload) == 1 else (payload or None),
             "manifest_bytes_sent": lk["tensor"]["bytes_sent"],
-            "payload_equals_manifest": payload == [lk["tensor"]["bytes_sent"]],
+            "payload_equals_manifest": (payload == [lk["tensor"]["bytes_sent"]]
+                                        if payload else None),  # None: no sample crossed
             "framing_bytes_per_sample": float(got["framing_in"].mean()) if len(got) else None,
             "wire_bytes_per_sample": _per(wire[i], int(crossed.sum())),
             "transfer_s": _pct(moved),
