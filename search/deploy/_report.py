@@ -57,16 +57,20 @@ def stage_times(manifest_path: Path, x: NDArray[Any], *, repeats: int = 30) -> l
 
 
 def predicted_latency(manifest: Mapping[str, Any], times: Sequence[float], exits: NDArray[Any],
-                      *, shaped: bool, propagation: bool) -> NDArray[np.float64]:
-    """Per sample: the timed stages up to its exit plus the links to its exit's device."""
+                      *, shaped: bool, propagation: bool,
+                      link_bytes: Sequence[float] | None = None) -> NDArray[np.float64]:
+    """Per sample: the timed stages up to its exit plus the links to its exit's device
+    (each link's bytes: the manifest's ``bytes_sent``, or ``link_bytes``)."""
     stages = manifest["stages"]
     n_exits = len(manifest["exits"])
     upto = {(n_exits if st["final"] else st["exit"]["index"]): j
             for j, st in enumerate(stages) if st["final"] or st["exit"] is not None}
     cum = np.cumsum(times)
-    link_s = [(lk["tensor"]["bytes_sent"] * 8 / lk["bandwidth_bits_per_s"] if shaped else 0.0)
-              + (lk["latency_s"] if propagation else 0.0)
-              for lk in manifest["links"] if lk.get("used")]
+    used = [lk for lk in manifest["links"] if lk.get("used")]
+    sizes = link_bytes or [lk["tensor"]["bytes_sent"] for lk in used]
+    link_s = [(b * 8 / lk["bandwidth_bits_per_s"] if shaped else 0.0)
+              + (lk["latency_s"] if propagation else 0.0) for lk, b in zip(used, sizes,
+                                                                           strict=False)]
     out = np.full(len(exits), np.nan)
     for k, j in upto.items():
         dev = int(stages[j]["device"])
@@ -109,6 +113,29 @@ def _links(manifest: Mapping[str, Any], trace: NDArray[Any], reached: NDArray[An
     return out
 
 
+def _med(v: NDArray[Any]) -> float | None:
+    return float(np.median(v)) if len(v) else None
+
+
+def _breakdown(result: Any, reached: NDArray[Any], ok: NDArray[Any]) -> dict[str, Any]:
+    """Medians of where an answered sample's time went (client clock and tier traces)."""
+    tr = result.trace
+    last = np.clip(reached, 0, None)
+    rows = np.arange(len(tr))
+    out: dict[str, Any] = {
+        "client_to_tier0": _med(tr[ok, 0]["t_in"] - result.t_send[ok]),
+        "last_tier_to_client": _med((result.t_answer - tr[rows, last]["t_out"])[ok]),
+    }
+    for t in range(tr.shape[1]):
+        here = ok & (reached >= t)
+        res = tr[here, t]["t_out"] - tr[here, t]["t_in"]
+        out[f"tier{t}_compute"] = _med(tr[here, t]["compute_s"].astype(np.float64))
+        out[f"tier{t}_other"] = _med(res - tr[here, t]["compute_s"])  # queue, decode, delay
+        if t:
+            out[f"link{t - 1}_transfer"] = _med(tr[here, t]["t_in"] - tr[here, t - 1]["t_out"])
+    return out
+
+
 def _tiers(manifest: Mapping[str, Any], trace: NDArray[Any],
            reached: NDArray[Any], times: Sequence[float] | None) -> list[dict[str, Any]]:
     out = []
@@ -121,6 +148,35 @@ def _tiers(manifest: Mapping[str, Any], trace: NDArray[Any],
         out.append({"tier": t, "device": dev["name"], "activation_bits": dev["activation_bits"],
                     "stages": dev["stages"], "samples": len(here),
                     "compute_s_per_sample": _pct(here), "stage_s_alone_batch1": alone})
+    return out
+
+
+def _prediction(manifest: Mapping[str, Any], times: Sequence[float], a: NDArray[Any],
+                latency: NDArray[Any], ok: NDArray[Any], links: list[dict[str, Any]], *,
+                shaped: bool, propagation: bool) -> dict[str, Any]:
+    """Predicted against measured latency, overall and per answering tier; where the links
+    are shaped, also priced with the bytes measured on the wire (headers included)."""
+    pred = predicted_latency(manifest, times, a["exit"], shaped=shaped, propagation=propagation)
+    out: dict[str, Any] = {
+        "how": "stages timed alone (onnxruntime, batch 1) on this host"
+               + (" + link model bytes*8/bandwidth" if shaped else "")
+               + (" + link latency" if propagation else ""),
+        "predicted": _pct(pred[ok]), "measured": _pct(latency[ok]),
+        "mean_ratio_measured_to_predicted":
+            float(latency[ok].mean() / pred[ok].mean()) if ok.any() else None,
+        "by_answering_tier": {
+            str(t): {"samples": int((ok & (a["tier"] == t)).sum()),
+                     "predicted_p50": float(np.median(pred[ok & (a["tier"] == t)])),
+                     "measured_p50": float(np.median(latency[ok & (a["tier"] == t)]))}
+            for t in sorted(set(a["tier"][ok].tolist()))},
+    }
+    wire = [lk["wire_bytes_per_sample"] for lk in links]
+    if shaped and wire and all(b is not None for b in wire):
+        on_wire = predicted_latency(manifest, times, a["exit"], shaped=True,
+                                    propagation=propagation, link_bytes=wire)
+        out["predicted_with_wire_bytes"] = _pct(on_wire[ok])
+        out["mean_ratio_measured_to_predicted_with_wire_bytes"] = (
+            float(latency[ok].mean() / on_wire[ok].mean()) if ok.any() else None)
     return out
 
 
@@ -163,14 +219,10 @@ def deploy_report(*, manifest: Mapping[str, Any], result: Any, labels: NDArray[A
                         "exit_mismatches": int((a["exit"][ok] != ref.exit[ok]).sum()),
                         "tier_mismatches": int((a["tier"][ok] != ref.device[ok]).sum())}
     if times is not None:
-        pred = predicted_latency(manifest, times, a["exit"], shaped=shaped,
-                                 propagation=propagation)
-        doc["predicted_latency_s"] = {
-            "how": "stages timed alone (onnxruntime, batch 1) on this host"
-                   + (" + link model bytes*8/bandwidth" if shaped else "")
-                   + (" + link latency" if propagation else ""),
-            "predicted": _pct(pred[ok]), "measured": _pct(latency[ok]),
-            "median_ratio_measured_to_predicted":
-                float(np.median(latency[ok] / pred[ok])) if ok.any() else None,
-        }
+        doc["predicted_latency_s"] = _prediction(manifest, times, a, latency, ok, doc["links"],
+                                                 shaped=shaped, propagation=propagation)
+    doc["latency_breakdown_median_s"] = {
+        "note": "tierN_other: its queueing, decoding, encoding and (where added) the incoming "
+                "link's latency; linkN_transfer: send to receipt (shaping, TCP, ZeroMQ)",
+        **_breakdown(result, reached, ok)}
     return doc
