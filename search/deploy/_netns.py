@@ -1,14 +1,16 @@
 """Linux network namespaces joined by shaped veth pairs: one namespace per tier.
 
-Tier ``i`` lives in namespace ``eenn-<tag>-t<i>``; link ``i`` is a veth pair whose ends sit
-in the namespaces of tiers ``i`` and ``i + 1`` with the addresses ``10.231.<i>.1/30`` and
-``10.231.<i>.2/30`` (each namespace has its own routing table, so parallel deployments may use
-the same addresses). The sending end is shaped with the ``tbf`` qdisc at the link's bandwidth.
-A token bucket lets a burst through at once, so a slow link gets a small MTU (a BLE data PDU is
-at most 251 bytes): the bucket then holds one small packet and a sample is paced over most of
-its bytes. ``netem`` is not used (often absent), so a link's propagation latency is added by
-the receiving worker, not by the kernel. Everything is created by :func:`network` and removed
-when it exits, also on errors and Ctrl-C; only namespace addresses are ever configured.
+Tier ``i`` lives in namespace ``eenn-<pid>-<tag>-t<i>`` (``pid``: the creating process);
+link ``i`` is a veth pair whose ends sit in the namespaces of tiers ``i`` and ``i + 1`` with
+the addresses ``10.231.<i>.1/30`` and ``10.231.<i>.2/30`` (each namespace has its own routing
+table, so parallel deployments may use the same addresses). The sending end is shaped with
+the ``tbf`` qdisc at the link's bandwidth. A token bucket lets a burst through at once, so a
+slow link gets a small MTU (a BLE data PDU is at most 251 bytes): the bucket then holds one
+small packet and a sample is paced over most of its bytes. ``netem`` is not used (often
+absent), so a link's propagation latency is added by the receiving worker, not by the kernel.
+Everything is created by :func:`network` and removed when it exits, also on errors and Ctrl-C;
+namespaces left by a creator that was killed outright (SIGKILL) are removed by the next
+:func:`network`. Only namespace addresses are ever configured.
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ def _link(plan_ns: Sequence[str], i: int, tag: str, shape: Shaping | None) -> tu
 def network(n_tiers: int, bandwidths: Sequence[float | None]) -> Iterator[NetPlan]:
     """Create the namespaces and links of ``n_tiers`` tiers (``bandwidths[i]``: link i's
     rate, None = unshaped), yield their plan, and remove them all on exit."""
+    _remove_orphans()
     tag = secrets.token_hex(3)
-    names = tuple(f"{PREFIX}{tag}-t{i}" for i in range(n_tiers))
+    names = tuple(f"{PREFIX}{os.getpid()}-{tag}-t{i}" for i in range(n_tiers))
     made: list[str] = []
     try:
         for ns in names:
@@ -120,6 +123,20 @@ def network(n_tiers: int, bandwidths: Sequence[float | None]) -> Iterator[NetPla
     finally:
         for ns in reversed(made):  # deleting a namespace deletes the veth ends inside it
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def _remove_orphans() -> None:
+    """Delete the namespaces of creators that no longer exist."""
+    for ns in leftovers():
+        pid = ns[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        except PermissionError:
+            pass
 
 
 def wire_bytes(ns: str, dev: str) -> int:

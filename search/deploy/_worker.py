@@ -127,12 +127,12 @@ class Worker:
                       idents=[i for b in take for i in b.idents], ready=now)
 
     # -- computing ---------------------------------------------------------------------------
-    def _run(self, batch: _Batch) -> tuple[NDArray[Any], _Batch]:
-        """Run this tier's stages; return the answers (ANS) and the batch that goes on."""
+    def _run(self, batch: _Batch) -> _Batch:
+        """Run this tier's stages, answer the samples that exit (after each stage, so an early
+        exit does not wait for the later stages); return the samples that go on."""
         meta, h = batch.meta, batch.x
         alive = np.arange(len(meta))
         compute = np.zeros(len(meta), np.float64)
-        answers = []
         for st, sess in self.stages:
             if not len(alive):
                 break
@@ -146,31 +146,27 @@ class Worker:
                 leave = (np.ones(len(c), bool) if st["final"]
                          else c >= np.float32(st["exit"]["threshold"]))
                 exit_k = self.n_exits if st["final"] else int(st["exit"]["index"])
-                ans = np.zeros(int(leave.sum()), w.ANS)
-                ans["id"], ans["pred"], ans["exit"] = meta["id"][alive[leave]], p[leave], exit_k
-                ans["tier"], ans["status"], ans["conf"] = self.tier, w.OK, c[leave]
-                answers.append((alive[leave], ans))
                 stay = alive[~leave]
                 meta["fb_pred"][stay], meta["fb_exit"][stay] = p[~leave], exit_k
                 meta["fb_tier"][stay], meta["fb_conf"][stay] = self.tier, c[~leave]
             compute[alive] += (time.perf_counter() - t0) / len(alive)
+            if leave.any():
+                ans = np.zeros(int(leave.sum()), w.ANS)
+                ans["id"], ans["pred"], ans["exit"] = meta["id"][alive[leave]], p[leave], exit_k
+                ans["tier"], ans["status"], ans["conf"] = self.tier, w.OK, c[leave]
+                self._answer(batch, alive[leave], ans, compute[alive[leave]])
             alive = alive[~leave]
             h = np.ascontiguousarray(act[~leave]) if act is not None else h
-        batch.trace[:, -1]["compute_s"] = compute
-        self._answer(batch, [(idx, a) for idx, a in answers])
-        return np.arange(0), _Batch(meta=meta[alive], trace=batch.trace[alive], x=h,
-                                    idents=[batch.idents[i] for i in alive], ready=batch.ready)
+        batch.trace["compute_s"][:, -1] = compute
+        return _Batch(meta=meta[alive], trace=batch.trace[alive], x=h,
+                      idents=[batch.idents[i] for i in alive], ready=batch.ready)
 
     # -- leaving -----------------------------------------------------------------------------
-    def _answer(self, batch: _Batch, parts: list[tuple[NDArray[Any], NDArray[Any]]]) -> None:
-        if not parts:
-            return
-        idx = np.concatenate([i for i, _ in parts])
-        if not len(idx):
-            return
-        ans = np.concatenate([a for _, a in parts])
+    def _answer(self, batch: _Batch, idx: NDArray[Any], ans: NDArray[Any],
+                compute: NDArray[Any]) -> None:
         trace = batch.trace[idx].copy()
-        trace[:, -1]["t_out"] = time.monotonic()
+        trace["compute_s"][:, -1] = compute
+        trace["t_out"][:, -1] = time.monotonic()
         self.answers.send_multipart(w.encode(w.ANSWER, session=self.session, sender=self.tier,
                                              meta=ans, trace=trace))
         self._credit(ans["id"], [batch.idents[i] for i in idx])
@@ -249,7 +245,7 @@ class Worker:
                 self._lost(self.down.expired())
             self._accept()
             while (batch := self._take()) is not None:
-                _, rest = self._run(batch)
+                rest = self._run(batch)
                 if len(rest.meta):
                     self.outbox.append(rest)
                 self._forward()

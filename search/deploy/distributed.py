@@ -13,10 +13,12 @@ when the deployment closes, also on errors and Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,15 @@ __all__ = ["TIMEOUT", "DeployError", "DeployOptions", "Deployment", "Fault", "St
 
 TIMEOUT = 3  # answer status the client gives a sample nobody answered in time
 _ROOT = Path(__file__).resolve().parents[2]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (Linux), so
+    a killed client never leaves workers behind (``ip netns exec`` execs, keeping this)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class DeployError(RuntimeError):
@@ -195,10 +206,15 @@ class Deployment:
         else:
             bind = "tcp://127.0.0.1:0"
         peer = self.plan.senders[tier - 1] if self.plan is not None and tier else None
+        timeout = opts.link_timeout_s
+        if tier + 1 < self.n_tiers and self.plan is not None:  # a full window must fit
+            out = links[tier]
+            timeout = max(timeout, 3 * opts.link_window * out["tensor"]["bytes_sent"] * 8
+                          / out["bandwidth_bits_per_s"])
         return WorkerSpec(manifest=str(self.path), tier=tier, session=self.session.hex(),
                           bind=bind, down=self.endpoints.get(tier + 1),
                           answers=f"ipc://{self.tmp}/answers", peer=peer,
-                          window=opts.link_window, timeout_s=opts.link_timeout_s,
+                          window=opts.link_window, timeout_s=timeout,
                           delay_s=delay, max_batch=opts.max_batch)
 
     def log_path(self, tier: int) -> Path:
@@ -213,7 +229,7 @@ class Deployment:
             cmd = ["ip", "netns", "exec", self.plan.namespaces[tier], *cmd]
         with open(self.log_path(tier), "ab") as log:
             self.procs[tier] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                                                env=env, cwd=_ROOT)
+                                                env=env, cwd=_ROOT, preexec_fn=_die_with_parent)
 
     def _wait_ready(self, tier: int) -> str:
         end = time.monotonic() + self.options.start_timeout_s

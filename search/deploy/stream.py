@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from search.deploy.distributed import (
 
 __all__ = ["DEPLOY", "Point", "main", "measure", "resolve_point"]
 
-DEPLOY = "deploy.json"
+DEPLOY = rundir.DEPLOY
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -178,12 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="do not add the links' latency at the receivers (netns)")
     p.add_argument("--out", type=Path, default=None, help=f"default: RUN/{DEPLOY}")
     args = p.parse_args(argv)
+    # a SIGTERM unwinds like Ctrl-C, so the workers stop and the namespaces go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with one_line_errors(DeployError):
         if args.window < 1 or (args.rate is not None and args.rate <= 0):
             raise ValueError("--window must be >= 1 and --rate > 0")
         pt = resolve_point(args.run, point=args.point, int8=args.int8, manifest=args.manifest,
                            split=args.split, npz=args.npz, limit=args.limit)
-        opts = DeployOptions(netns=args.netns, log_dir=args.run / "deploy_logs",
+        opts = DeployOptions(netns=args.netns, log_dir=args.run / rundir.DEPLOY_LOGS,
                              propagation=False if args.no_propagation else None)
         (doc,) = measure(pt.manifest, pt.x, pt.y, options=opts, windows=[args.window],
                          rate=args.rate)
