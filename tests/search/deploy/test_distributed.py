@@ -305,6 +305,21 @@ def test_killing_a_tier_mid_stream_answers_every_sample_once(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(NETNS is not None, reason=f"namespaces unavailable: {NETNS}")
+def test_killing_a_tier_in_namespaces_answers_every_sample_once(
+        three_tier: Path, deploy: Callable[..., Deployment]) -> None:
+    x = np.concatenate([_x()] * 7)[:600]
+    dep = deploy(three_tier, netns=True)
+    result = dep.stream(x, window=16, rate=200.0,
+                        faults=[Fault(at_s=0.8, tier=1, action="kill"),
+                                Fault(at_s=1.4, tier=1, action="restart")])
+    a = result.answers
+    assert np.isfinite(result.t_answer).all() and result.duplicates <= 5
+    assert (a["status"] == w.DEGRADED).sum() > 0 and not (a["status"] >= w.FAILED).any()
+    assert (a["status"][-100:] == w.OK).all()
+
+
+@pytest.mark.slow
 def test_killing_the_tier_after_a_relay_fails_explicitly(
         two_tier: Path, deploy: Callable[..., Deployment]) -> None:
     x = np.concatenate([_x()] * 23)[:2000]
