@@ -34,16 +34,14 @@ from evaluators.risk import PATH_STEPS, certification_path
 from search.backends import History, make_backend
 from search.baselines import manual_configs
 from search.results import TrialLog, choose, scores_to_records, write_results
-from search.rundir import batch_to_json, config_from_json
+from search.rundir import PATH_GENERATION, batch_to_json, config_from_json
 from search.settings import SearchSettings
 from spaces.space import EarlyExitSpace
 
-__all__ = ["SearchResult", "run_search"]
+__all__ = ["PATH_GENERATION", "SearchResult", "run_search"]
 
 # asks in a row that bring no EENN not evaluated before: the backend only finds repeats
 _STALE_ASKS = 50
-# the certification path's trials (evaluators.risk.certification_path) carry this generation
-PATH_GENERATION = -1
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -168,8 +166,9 @@ def _certification_path(ctx: _Context, strategy: str) -> list[int]:
     base, _ = choose(ctx.log.frame, ctx.objectives, strategy)
     if base is None or not bool(base["feasible"]):
         return []
+    steps = PATH_STEPS[ctx.spec.guarantee.method]
     path = ConfigBatch.from_configs(certification_path(config_from_json(str(base["config"])),
-                                                       steps=PATH_STEPS[ctx.spec.guarantee.method]))
+                                                       steps=steps))
     ctx.record(path, strategy, PATH_GENERATION, ctx.seen(strategy))
     texts = batch_to_json(ctx.prune(path)[0])
     df = ctx.log.frame
