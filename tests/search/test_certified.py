@@ -63,7 +63,7 @@ def test_uncertified_pick_is_cheaper_or_equal(parts, tmp_path) -> None:
 
 
 def test_nothing_certified_says_what_would_certify(parts, tmp_path) -> None:
-    space, ev, cal = parts
+    _, ev, cal = parts
     records = _run(parts, tmp_path, {"method": "uncertified"}).records
     main = records[records["feasible"]]
     cheapest = int(main.sort_values("obj_macs")["trial"].iloc[0])  # the aggressive end alone
@@ -78,7 +78,7 @@ def test_nothing_certified_says_what_would_certify(parts, tmp_path) -> None:
 
 
 def test_a_guarantee_without_calibration_part_is_an_error(parts, tmp_path) -> None:
-    space, ev, _ = parts
+    _, ev, _ = parts
     spec = ConstraintSpec.from_mapping({"guarantee": {"method": "bonferroni"}})
     records = pd.DataFrame({"trial": np.array([], dtype=np.int64), "strategy": []})
     with pytest.raises(ValueError, match="calibration"):
