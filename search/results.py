@@ -42,8 +42,8 @@ from search.rundir import (
     pareto_flags,
 )
 
-__all__ = ["TrialLog", "choose", "choose_certified", "exit_lists", "scores_to_records",
-           "violations", "write_results"]
+__all__ = ["TrialLog", "choose", "choose_certified", "exit_lists", "guarantee_text",
+           "scores_to_records", "violations", "write_results"]
 
 
 def _exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -316,6 +316,24 @@ def _figures(ev: ProxyEvaluator, cfg: EENNConfig, spec: ConstraintSpec) -> dict[
             "latency_s": float(s.latency_s[0]), "worst_latency_s": float(s.worst_latency_s[0]),
             "memory_ratio": float(s.memory_ratio[0]), "exit_fractions": fr, "exit_accuracy": acc,
             "device_fractions": s.finish_fraction[0].tolist()}
+
+
+def guarantee_text(record: Mapping[str, Any]) -> str:
+    """One line on the chosen point's accuracy-drop bound and how it was obtained."""
+    method = record.get("method", "uncertified")
+    if method == "uncertified":
+        bound = record.get("drop_bound")
+        return ("uncertified: " + (f"drop <= {bound:.4f} by a {record.get('confidence', 0):g} "
+                                   "Wilson bound on the val samples the search selected on "
+                                   "(does not hold after selection)" if bound is not None
+                                   else "no bound"))
+    where = (f"Learn-then-Test {method}, binomial p-values, {record.get('n_calibration')} "
+             "held-out calibration samples")
+    if record.get("certified"):
+        return (f"certified: drop <= {record['epsilon']:g} with probability >= "
+                f"{1 - record['delta']:g} ({where}; p = {record.get('p_value', 0):.3g})")
+    return (f"NOT certified at epsilon={record.get('epsilon')}, delta={record.get('delta')} "
+            f"({where})")
 
 
 def _uncertified(row: pd.Series | None, spec: ConstraintSpec) -> dict[str, Any]:

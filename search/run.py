@@ -27,10 +27,11 @@ from search.config import ExperimentSettings, parse_config, to_config
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, prepare
 from search.report import write_report
+from search.results import guarantee_text
 from search.rundir import CONFIG, REPORT, SUMMARY_TXT, hypervolume_summary, write_summary
 from spaces.space import build_space
 
-__all__ = ["RunOutcome", "backbone_reference", "guarantee_text", "run"]
+__all__ = ["RunOutcome", "backbone_reference", "run"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -224,24 +225,6 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     table.add_row("device mapping", "", _mapping_text(config, prepared), "")
     table.add_row("accuracy guarantee", "", guarantee_text(chosen.get("guarantee") or {}), "")
     return table
-
-
-def guarantee_text(record: Mapping[str, Any]) -> str:
-    """One line on the chosen point's accuracy-drop bound and how it was obtained."""
-    method = record.get("method", "uncertified")
-    if method == "uncertified":
-        bound = record.get("drop_bound")
-        return ("uncertified: " + (f"drop <= {bound:.4f} by a {record.get('confidence', 0):g} "
-                                   "Wilson bound on the val samples the search selected on "
-                                   "(does not hold after selection)" if bound is not None
-                                   else "no bound"))
-    where = (f"Learn-then-Test {method}, binomial p-values, {record.get('n_calibration')} "
-             "held-out calibration samples")
-    if record.get("certified"):
-        return (f"certified: drop <= {record['epsilon']:g} with probability >= "
-                f"{1 - record['delta']:g} ({where}; p = {record.get('p_value', 0):.3g})")
-    return (f"NOT certified at epsilon={record.get('epsilon')}, delta={record.get('delta')} "
-            f"({where})")
 
 
 def _val_parts(settings: ExperimentSettings,
