@@ -34,7 +34,7 @@ whose confidence does not survive the selection.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,10 @@ __all__ = [
     "certify",
     "loss_counts",
     "needed_calibration",
+    "path_raises",
 ]
 
 METHODS: tuple[str, ...] = ("uncertified", "fixed_sequence", "bonferroni")
-#: steps of the certification path per method: a long, fine path for the fixed sequence
-#: (each test at delta), a short one for Bonferroni (each test at delta / (steps + 1))
-PATH_STEPS: dict[str, int] = {"fixed_sequence": 32, "bonferroni": 4}
 _KEY = "constraints.guarantee"
 
 
@@ -112,8 +110,8 @@ class GuaranteeSpec:
     @property
     def level(self) -> float:
         """The level each candidate is tested at (``delta``, split over the path by Bonferroni)."""
-        steps = PATH_STEPS.get(self.method, 0)
-        return self.delta / (steps + 1) if self.method == "bonferroni" else self.delta
+        steps = len(path_raises(self.method)) if self.active else 1
+        return self.delta / steps if self.method == "bonferroni" else self.delta
 
     @property
     def min_calibration(self) -> int:
@@ -256,21 +254,27 @@ def certifiable_epsilon(*, losses: int, n: int, level: float) -> float:
     return float(beta.ppf(1.0 - level, losses + 1, n - losses))
 
 
-def certification_path(cfg: EENNConfig, *, steps: int) -> list[EENNConfig]:
-    """``cfg`` with every threshold raised toward 1, most conservative first.
+def path_raises(method: str) -> tuple[float, ...]:
+    """How far each step of the certification path raises the thresholds, first tested first.
 
-    Step ``l`` of ``steps`` moves each threshold ``t`` to ``t + a (1 - t)`` with
-    ``a = (l / steps)^2`` (fine steps near ``cfg``), for ``l = steps .. 0``; the last entry is
-    ``cfg``. Raising every threshold lets fewer samples leave early, so the losses along the
-    path shrink roughly nested: the family Learn-then-Test's fixed sequence walks, from the
-    near-backbone end down to ``cfg``, until the first candidate that fails.
+    ``fixed_sequence``: ``(l / 32)^2`` for ``l = 32 .. 0`` (33 steps from thresholds at 1 down
+    to the searched point, finest near it; each test at ``delta``). ``bonferroni``: 1, then
+    ``2^-l`` for ``l = 1 .. 6``, then 0 (8 steps: each test costs ``delta / 8``, so few,
+    spread geometrically).
     """
-    out = []
-    for level in range(steps, -1, -1):
-        a = (level / steps) ** 2
-        out.append(EENNConfig(
-            exits=tuple(ExitChoice(candidate=e.candidate, head=e.head,
-                                   threshold=float(e.threshold + a * (1.0 - e.threshold)))
-                        for e in cfg.exits),
-            boundaries=cfg.boundaries, metric=cfg.metric))
-    return out
+    if method == "bonferroni":
+        return (1.0, *(2.0 ** -level for level in range(1, 7)), 0.0)
+    return tuple((level / 32) ** 2 for level in range(32, -1, -1))
+
+
+def certification_path(cfg: EENNConfig, *, raises: Sequence[float]) -> list[EENNConfig]:
+    """``cfg`` with every threshold ``t`` moved to ``t + a (1 - t)``, one EENN per ``a``.
+
+    Raising every threshold lets fewer samples leave early, so the losses along the path
+    shrink roughly nested as ``a`` grows: the family Learn-then-Test walks from the
+    conservative end (large ``a``, :func:`path_raises`) down to ``cfg`` (``a = 0``).
+    """
+    return [EENNConfig(exits=tuple(ExitChoice(candidate=e.candidate, head=e.head,
+                                              threshold=float(e.threshold + a * (1 - e.threshold)))
+                                   for e in cfg.exits),
+                       boundaries=cfg.boundaries, metric=cfg.metric) for a in raises]

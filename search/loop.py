@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
-from evaluators.risk import PATH_STEPS, certification_path
+from evaluators.risk import certification_path, path_raises
 from search.backends import History, make_backend
 from search.baselines import manual_configs
 from search.results import TrialLog, choose, scores_to_records, write_results
@@ -166,9 +166,9 @@ def _certification_path(ctx: _Context, strategy: str) -> list[int]:
     base, _ = choose(ctx.log.frame, ctx.objectives, strategy)
     if base is None or not bool(base["feasible"]):
         return []
-    steps = PATH_STEPS[ctx.spec.guarantee.method]
+    raises = path_raises(ctx.spec.guarantee.method)
     path = ConfigBatch.from_configs(certification_path(config_from_json(str(base["config"])),
-                                                       steps=steps))
+                                                       raises=raises))
     ctx.record(path, strategy, PATH_GENERATION, ctx.seen(strategy))
     texts = batch_to_json(ctx.prune(path)[0])
     df = ctx.log.frame

@@ -72,7 +72,7 @@ def _status(chosen: Mapping[str, Any]) -> str:
     guarantee = chosen.get("guarantee") or {}
     if chosen.get("feasible"):
         return "feasible"
-    if guarantee.get("method", "uncertified") != "uncertified" and guarantee.get("front_size"):
+    if guarantee.get("method", "uncertified") != "uncertified" and guarantee.get("candidates"):
         return "not_certified"
     return "no_feasible_eenn"
 

@@ -46,7 +46,7 @@ def population() -> tuple[SplitPredictions, list[EENNConfig], NDArray[np.bool_]]
     base = EENNConfig(exits=(ExitChoice(candidate=1, head=1, threshold=0.55),
                              ExitChoice(candidate=3, head=0, threshold=0.5)),
                       boundaries=(C + 1, C + 1))
-    path = certification_path(base, steps=16)
+    path = certification_path(base, raises=[(k / 16) ** 2 for k in range(16, -1, -1)])
     losses = np.stack([_per_sample_loss(split, cfg) for cfg in path])
     return split, path, losses
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from evaluators.proxy import ConstraintSpec, ProxyEvaluator
-from evaluators.risk import PATH_STEPS, GuaranteeSpec, calibration_split
+from evaluators.risk import GuaranteeSpec, calibration_split, path_raises
 from search.loop import PATH_GENERATION, run_search
 from search.results import choose_certified, write_results
 from spaces.space import build_space
@@ -43,7 +43,7 @@ def test_chosen_point_is_the_cheapest_certified_one(parts, tmp_path) -> None:
     assert g["certified"] and res.chosen["feasible"] and g["drop_bound"] == 0.03
     df = res.records
     path = df[df["generation"] == PATH_GENERATION]
-    assert 1 <= len(path) <= PATH_STEPS["fixed_sequence"] + 1
+    assert 1 <= len(path) <= len(path_raises("fixed_sequence"))
     certified = df[df["trial"].isin(g["certified_trials"])]
     assert set(certified["trial"]) <= set(path["trial"]) | set(df["trial"])
     assert res.chosen_trial in g["certified_trials"]
@@ -84,3 +84,15 @@ def test_a_guarantee_without_calibration_part_is_an_error(parts, tmp_path) -> No
     with pytest.raises(ValueError, match="calibration"):
         write_results(tmp_path, records=records, objectives=["error", "macs"],
                       strategy="pymoo_nsga2", constraints=spec, evaluator=ev)
+
+
+def test_summary_status_names_a_run_with_nothing_certified() -> None:
+    from search.run import _status
+
+    cert = {"method": "fixed_sequence", "candidates": 33, "certified": False}
+    assert _status({"feasible": False, "guarantee": cert}) == "not_certified"
+    assert _status({"feasible": True, "guarantee": {**cert, "certified": True}}) == "feasible"
+    assert _status({"feasible": False, "guarantee": {**cert, "candidates": 0}}) == \
+        "no_feasible_eenn"
+    assert _status({"feasible": False, "guarantee": {"method": "uncertified"}}) == \
+        "no_feasible_eenn"
