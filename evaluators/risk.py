@@ -57,6 +57,7 @@ __all__ = [
     "loss_counts",
     "needed_calibration",
     "path_raises",
+    "val_parts",
 ]
 
 METHODS: tuple[str, ...] = ("uncertified", "fixed_sequence", "bonferroni")
@@ -159,6 +160,18 @@ def calibration_split(split: SplitPredictions, *, share: float,
         idx = np.flatnonzero(labels == cls)
         cal[rng.choice(idx, size=int(k), replace=False)] = True
     return _subset(split, ~cal), _subset(split, cal)
+
+
+def val_parts(spec: GuaranteeSpec, val: SplitPredictions, *,
+              seed: int) -> tuple[SplitPredictions, SplitPredictions | None]:
+    """(search part, calibration part) of ``val`` for ``spec``; all of val and None when off.
+
+    Too small a calibration part is a one-line :class:`ConfigError` (:meth:`check_sizes`).
+    """
+    if not spec.active:
+        return val, None
+    spec.check_sizes(len(val.labels))
+    return calibration_split(val, share=spec.calibration_share, seed=seed)
 
 
 def _subset(split: SplitPredictions, mask: NDArray[np.bool_]) -> SplitPredictions:

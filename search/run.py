@@ -20,9 +20,8 @@ from rich.table import Table
 
 from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
-from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
-from evaluators.risk import calibration_split
+from evaluators.risk import val_parts
 from search.config import ExperimentSettings, parse_config, to_config
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, prepare
@@ -227,16 +226,6 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     return table
 
 
-def _val_parts(settings: ExperimentSettings,
-               val: SplitPredictions) -> tuple[SplitPredictions, SplitPredictions | None]:
-    """(search part, calibration part) of val; the whole of val and None without a guarantee."""
-    guarantee = settings.constraints.guarantee
-    if not guarantee.active:
-        return val, None
-    guarantee.check_sizes(len(val.labels))
-    return calibration_split(val, share=guarantee.calibration_share, seed=settings.data_seed)
-
-
 def run(
     cfg: ExperimentSettings | Mapping[str, Any] | DictConfig,
     *,
@@ -254,7 +243,8 @@ def run(
     # written once preparation succeeded, so a failing call never overwrites a run's config
     (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
-    search_val, calibration = _val_parts(settings, table.val)
+    search_val, calibration = val_parts(settings.constraints.guarantee, table.val,
+                                        seed=settings.data_seed)
     space = build_space(settings.space, val=search_val, platform=prepared.platform)
     notes = [n for n in (settings.constraints.val_size_note(len(search_val.labels)),) if n]
     for note in notes:  # before the search: it cannot find an EENN with an exit
