@@ -115,6 +115,17 @@ def check_manifest(path: Path, *, devices: Sequence[str] | None = None) -> dict[
     if not isinstance(m, dict) or m.get("format") != "eenn-manifest/1":
         raise DeployError(f"{path} is not an eenn-manifest/1 file (format "
                           f"{m.get('format') if isinstance(m, dict) else None!r}); export again")
+    try:
+        _check_entries(m, path, devices)
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, DeployError):
+            raise
+        raise DeployError(f"{path} lacks or garbles {err} ({type(err).__name__}); export the "
+                          "point again with python -m search.deploy.export") from None
+    return dict(m)
+
+
+def _check_entries(m: dict[str, Any], path: Path, devices: Sequence[str] | None) -> None:
     names = [d["name"] for d in m["devices"]]
     for st in m["stages"]:
         if not 0 <= int(st["device"]) < len(names):
@@ -128,7 +139,9 @@ def check_manifest(path: Path, *, devices: Sequence[str] | None = None) -> dict[
         if lacking or names[: used_tiers(m)] != list(devices)[: used_tiers(m)]:
             raise DeployError(f"{path} uses device(s) {names[: used_tiers(m)]}, the platform has "
                               f"{list(devices)}; export the point again from this run")
-    return dict(m)
+    for t in range(1, used_tiers(m)):
+        int(m["links"][t - 1]["tensor"]["bytes_sent"])
+        float(m["links"][t - 1]["bandwidth_bits_per_s"])
 
 
 class Deployment:

@@ -234,6 +234,16 @@ def test_three_tier_in_namespaces_with_shaped_links(
     assert (result.t_answer - result.t_send)[far].min() > 0.010
 
 
+def test_without_namespaces_it_says_so_and_stays_on_loopback(
+        two_tier: Path, deploy: Callable[..., Deployment], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_netns, "unavailable", lambda: "not running as root")
+    dep = deploy(two_tier, netns=True)
+    assert dep.plan is None
+    assert dep.mode == "loopback (namespaces unavailable: not running as root)"
+    x = _x()[:20]
+    _same_as_reference(dep.stream(x, window=4), run_manifest(two_tier, x, wire=True))
+
+
 @pytest.mark.skipif(NETNS is not None, reason=f"namespaces unavailable: {NETNS}")
 def test_namespaces_are_removed_when_a_start_fails(tmp_path: Path, three_tier: Path) -> None:
     broken = tmp_path / "broken"
@@ -348,6 +358,13 @@ def test_manifest_errors_are_one_line(tmp_path: Path, three_tier: Path) -> None:
         check_manifest(copy / "manifest.json")
     with pytest.raises(DeployError, match=r"uses device\(s\) \['mcu', 'edge', 'cloud'\]"):
         check_manifest(three_tier, devices=["mcu", "edge"])
+    whole = tmp_path / "whole"
+    shutil.copytree(three_tier.parent, whole)
+    m = json.loads(three_tier.read_text())
+    del m["links"][1]["bandwidth_bits_per_s"]
+    (whole / "key.json").write_text(json.dumps(m))
+    with pytest.raises(DeployError, match="lacks or garbles 'bandwidth_bits_per_s'"):
+        check_manifest(whole / "key.json")
     m = json.loads(three_tier.read_text())
     m["stages"][0]["device"] = 7
     (tmp_path / "dev.json").write_text(json.dumps(m))
