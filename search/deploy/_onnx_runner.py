@@ -65,12 +65,13 @@ def _sessions(manifest: dict[str, Any], folder: Path) -> list[Any]:
             for s in manifest["stages"]]
 
 
-def _crossing(h: NDArray[Any], bits: list[int], src: int, dst: int) -> NDArray[Any]:
+def _crossing(h: NDArray[Any], bits: list[int], fixed: list[tuple[float, int] | None],
+              src: int, dst: int) -> NDArray[Any]:
     """``h`` as it arrives on device ``dst`` from ``src``: through each link's wire precision."""
     from search.deploy._wire import decode_tensor, encode_tensor
 
     for link in range(src, dst):
-        h = decode_tensor(*encode_tensor(h, bits[link]))
+        h = decode_tensor(*encode_tensor(h, bits[link], fixed=fixed[link]))
     return h
 
 
@@ -87,6 +88,12 @@ def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256,
     sessions = _sessions(manifest, manifest_path.parent)
     metric = manifest["decision"]["metric"]
     bits = [int(d["activation_bits"]) for d in manifest["devices"]]
+    fixed: list[tuple[float, int] | None] = []
+    if wire:
+        from search.deploy._wire import sending_scale
+
+        fixed = [sending_scale(manifest, manifest_path.parent, d) if b <= 8 else None
+                 for d, b in enumerate(bits)]
     n_exits = len(manifest["exits"])
     n = len(x)
     pred = np.zeros(n, dtype=np.int64)
@@ -101,7 +108,7 @@ def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256,
             if not len(alive):
                 break
             if wire and stage["device"] != at:
-                h = _crossing(h, bits, at, int(stage["device"]))
+                h = _crossing(h, bits, fixed, at, int(stage["device"]))
                 at = int(stage["device"])
             got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
             outs = dict(zip(stage["outputs"], got, strict=True))

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["ANSWER", "CREDIT", "DATA", "HELLO", "READY", "FrameError", "Message",
-           "decode", "decode_tensor", "encode", "encode_tensor", "wire_dtype"]
+           "decode", "decode_tensor", "encode", "encode_tensor", "sending_scale", "wire_dtype"]
 
 MAGIC = b"EENN"
 VERSION = 1
@@ -81,18 +82,24 @@ def wire_dtype(activation_bits: int) -> np.dtype[Any]:
     raise ValueError(f"activation_bits {activation_bits} has no wire format; use 8, 16 or 32")
 
 
-def encode_tensor(x: NDArray[Any], bits: int) -> tuple[NDArray[Any], NDArray[np.float32],
-                                                          NDArray[np.int8]]:
+def encode_tensor(x: NDArray[Any], bits: int, *, fixed: tuple[float, int] | None = None
+                  ) -> tuple[NDArray[Any], NDArray[np.float32], NDArray[np.int8]]:
     """``(wire array, scale, zero)`` of float32 ``x`` (n, ...) at ``bits``.
 
-    int8 is affine per sample (min-max over the sample, zero included), so a sample's
-    encoding does not depend on the batch it travels in.
+    int8 is affine: with the ``fixed`` (scale, zero point) of an int8 graph's output
+    (:func:`sending_scale`; then exact, the values are already on that grid), else per
+    sample (min-max over the sample, zero included), so that a sample's encoding does not
+    depend on the batch it travels in.
     """
     n = len(x)
     dt = wire_dtype(bits)
     scale, zero = np.zeros(n, np.float32), np.zeros(n, np.int8)
     if dt != np.dtype("i1"):
         return np.ascontiguousarray(x, dtype=dt), scale, zero
+    if fixed is not None:
+        scale[:], zero[:] = np.float32(fixed[0]), fixed[1]
+        q = np.rint(np.asarray(x, np.float32) / np.float32(fixed[0])) + np.float32(fixed[1])
+        return np.clip(q, -128, 127).astype(np.int8), scale, zero
     flat = np.asarray(x, np.float32).reshape(n, -1)
     lo = np.minimum(flat.min(axis=1, initial=0.0), 0.0).astype(np.float32)
     hi = np.maximum(flat.max(axis=1, initial=0.0), 0.0).astype(np.float32)
@@ -101,6 +108,28 @@ def encode_tensor(x: NDArray[Any], bits: int) -> tuple[NDArray[Any], NDArray[np.
     z = np.clip(np.rint(np.float32(-128.0) - lo / scale), -128, 127).astype(np.float32)
     q = np.clip(np.rint(flat / scale[:, None]) + z[:, None], -128, 127).astype(np.int8)
     return q.reshape(x.shape), scale, z.astype(np.int8)
+
+
+def sending_scale(manifest: dict[str, Any], folder: Path,
+                  device: int) -> tuple[float, int] | None:
+    """(scale, zero point) of the activation ``device`` sends when its last stage is an int8
+    graph that makes it with DequantizeLinear from scalar initialisers, else None."""
+    stages = [st for st in manifest["stages"] if st["device"] == device]
+    if not stages or stages[-1].get("precision") != "int8" or not stages[-1]["activation"]:
+        return None
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(folder / stages[-1]["file"])).graph
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and stages[-1]["activation"] in node.output:
+            if len(node.input) < 3 or not {node.input[1], node.input[2]} <= set(inits):
+                return None
+            s, z = (numpy_helper.to_array(inits[n]) for n in node.input[1:3])
+            if s.size == 1 and z.size == 1 and z.dtype == np.int8:
+                return float(s.reshape(())), int(z.reshape(()))
+    return None
 
 
 def decode_tensor(q: NDArray[Any], scale: NDArray[np.float32],

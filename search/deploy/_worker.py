@@ -72,6 +72,7 @@ class Worker:
         self.n_exits = len(m["exits"])
         self.bits = int(m["devices"][self.tier]["activation_bits"])
         self.name = m["devices"][self.tier]["name"]
+        self.fixed = w.sending_scale(m, path.parent, self.tier) if self.bits <= 8 else None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
@@ -209,7 +210,7 @@ class Worker:
             k = min(self.down.free(), len(b.meta))
             if k == 0:
                 return
-            q, scale, zero = w.encode_tensor(b.x[:k], self.bits)
+            q, scale, zero = w.encode_tensor(b.x[:k], self.bits, fixed=self.fixed)
             meta = b.meta[:k].copy()
             meta["scale"], meta["zero"] = scale, zero
             trace = b.trace[:k].copy()

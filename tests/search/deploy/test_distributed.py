@@ -370,3 +370,21 @@ def test_manifest_errors_are_one_line(tmp_path: Path, three_tier: Path) -> None:
     (tmp_path / "dev.json").write_text(json.dumps(m))
     with pytest.raises(DeployError, match="runs on device 7"):
         check_manifest(tmp_path / "dev.json")
+
+
+def test_an_int8_stage_sends_its_own_scale_exactly(
+        tmp_path: Path, three_tier: Path, deploy: Callable[..., Deployment]) -> None:
+    """The MCU's int8 graph ends in DequantizeLinear: its grid goes on the wire, losslessly."""
+    from search.deploy._quantize import quantize_manifest
+
+    folder = tmp_path / "int8"
+    shutil.copytree(three_tier.parent, folder)
+    q = quantize_manifest(folder / "manifest.json", setup().data["val"].tensors[0].numpy())
+    manifest = json.loads(q.read_text())
+    scale = w.sending_scale(manifest, folder, 0)
+    assert scale is not None and scale[0] > 0
+    assert w.sending_scale(manifest, folder, 1) is None  # a float32 device
+    x = _x()
+    plain = run_manifest(q, x)
+    result = deploy(q).stream(x, window=8)
+    _same_as_reference(result, plain)  # as if the activation had not left the graph
