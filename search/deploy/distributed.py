@@ -90,6 +90,7 @@ class StreamResult:
     t_send: NDArray[np.float64]
     t_answer: NDArray[np.float64]
     duplicates: int  # answers that came after a sample's first one (dropped)
+    stale: int  # late answers to samples of an earlier stream (dropped)
     wall_s: float
     window: int
     rate: float | None
@@ -157,6 +158,7 @@ class Deployment:
         self.specs: dict[int, WorkerSpec] = {}
         self.endpoints: dict[int, str] = {}
         self.mode = "loopback"
+        self.next_id = 0
         self.plan: _netns.NetPlan | None = None
         self._stack = ExitStack()
 
@@ -307,12 +309,18 @@ class _Client:
         self.t_send = np.full(n, np.nan)
         self.t_answer = np.full(n, np.nan)
         self.done = np.zeros(n, bool)
-        self.duplicates = self.n_done = self.next = 0
+        self.duplicates = self.stale = self.n_done = self.next = 0
+        self.base = dep.next_id  # ids on the wire: unique across the streams of a deployment
+        dep.next_id += n
         self.events: list[str] = []
 
     def _finish(self, ids: NDArray[Any], rows: NDArray[Any], trace: NDArray[Any] | None) -> None:
         now = time.monotonic()
-        for k, sid in enumerate(ids.tolist()):
+        for k, wire_id in enumerate(ids.tolist()):
+            sid = wire_id - self.base
+            if not 0 <= sid < len(self.done):  # a late answer of an earlier stream
+                self.stale += 1
+                continue
             if self.done[sid]:
                 self.duplicates += 1
                 continue
@@ -326,9 +334,10 @@ class _Client:
         if not len(ids):
             return
         rows = np.zeros(len(ids), w.ANS)
-        rows["id"], rows["pred"], rows["exit"], rows["tier"] = ids, -1, -1, -1
+        wire_ids = np.asarray(ids, np.int64) + self.base
+        rows["id"], rows["pred"], rows["exit"], rows["tier"] = wire_ids, -1, -1, -1
         rows["status"] = status
-        self._finish(np.asarray(ids, np.int64), rows, None)
+        self._finish(wire_ids, rows, None)
         self.events.append(f"{len(ids)} samples failed: {why}")
 
     def _send_due(self, now: float, t0: float) -> None:
@@ -343,7 +352,8 @@ class _Client:
                 self._failed([i], w.FAILED, "tier 0 is down")
                 continue
             meta = np.zeros(1, w.META)
-            meta["id"], meta["fb_pred"], meta["fb_exit"], meta["fb_tier"] = i, -1, -1, -1
+            meta["id"], meta["fb_pred"], meta["fb_exit"] = self.base + i, -1, -1
+            meta["fb_tier"] = -1
             if not dep.feed.send(meta=meta, trace=np.zeros((1, 0), w.TRACE),
                                  tensor=self.x[i : i + 1]):
                 self._failed([i], w.FAILED, "tier 0 is down")
@@ -372,13 +382,14 @@ class _Client:
         feed = self.dep.feed
         lost = feed.on_monitor()
         feed.on_credit()
-        ids = [int(m["id"]) for m in lost.meta]
-        self._failed([i for i in ids if not self.done[i]], w.FAILED, "tier 0 dropped")
+        ids = [int(m["id"]) - self.base for m in lost.meta]
+        self._failed([i for i in ids if 0 <= i < len(self.done) and not self.done[i]],
+                     w.FAILED, "tier 0 dropped")
         limit = now - self.dep.options.answer_timeout_s
         late = np.flatnonzero(~self.done[: self.next] & (self.t_send[: self.next] < limit))
         self._failed(late.tolist(), TIMEOUT, "no answer in time")
         for i in late.tolist():
-            feed.inflight.pop(i, None)
+            feed.inflight.pop(self.base + i, None)
 
     def run(self) -> StreamResult:
         dep, n = self.dep, len(self.x)
@@ -396,7 +407,8 @@ class _Client:
             self._timeouts(time.monotonic())
         for f in self.faults:  # a fault scheduled after the stream ended still happens
             (dep.kill if f.action == "kill" else dep.restart)(f.tier)
+        self.ans["id"] = np.arange(n)  # sample indices again (the wire ids are offset)
         return StreamResult(answers=self.ans, trace=self.trace, t_send=self.t_send,
-                            t_answer=self.t_answer, duplicates=self.duplicates,
+                            t_answer=self.t_answer, duplicates=self.duplicates, stale=self.stale,
                             wall_s=time.monotonic() - t0, window=self.window, rate=self.rate,
                             events=self.events)
