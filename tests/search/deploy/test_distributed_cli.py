@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,3 +87,25 @@ def test_a_manifest_of_another_point_is_one_line(tiny_run: Path,  # noqa: F811
     other.write_text(json.dumps(m))
     line = _cli_error(capsys, [str(tiny_run), "--point", str(a), "--manifest", str(other)], main)
     assert "esp32" in line and "export the point again" in line
+
+
+@pytest.mark.slow
+def test_an_npz_streams_without_labels(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from search.deploy.export import export_point
+
+    a, _ = _two_trials(tiny_run)
+    result, _ = export_point(tiny_run, point=str(a))
+    shape = result.manifest["input"]["shape"][1:]
+    x = np.random.default_rng(0).standard_normal((30, *shape)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    out = tmp_path / "d.json"
+    assert main([str(tiny_run), "--point", str(a), "--npz", str(tmp_path / "in.npz"),
+                 "--out", str(out), "--rate", "500"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["samples"] == 30 and "accuracy" not in doc and doc["rate_per_s"] == 500
+    assert doc["reference_runner"]["prediction_mismatches"] == 0
+    np.savez(tmp_path / "bad.npz", inputs=x)
+    line = _cli_error(capsys, [str(tiny_run), "--point", str(a), "--npz",
+                               str(tmp_path / "bad.npz")], main)
+    assert "has no array 'x'" in line
