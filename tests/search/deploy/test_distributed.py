@@ -234,6 +234,27 @@ def test_three_tier_in_namespaces_with_shaped_links(
     assert (result.t_answer - result.t_send)[far].min() > 0.010
 
 
+def _most_in_flight(trace: np.ndarray, link: int) -> int:
+    """Most samples sent over ``link`` and not yet through the next tier, at any time."""
+    crossed = trace["t_in"][:, link + 1] > 0
+    ev = np.concatenate([np.stack([trace["t_out"][crossed, link], np.ones(crossed.sum())], 1),
+                         np.stack([trace["t_out"][crossed, link + 1], -np.ones(crossed.sum())],
+                                  1)])
+    ev = ev[np.lexsort((ev[:, 1], ev[:, 0]))]  # a departure before an arrival at the same time
+    return int(np.cumsum(ev[:, 1]).max())
+
+
+@pytest.mark.skipif(NETNS is not None, reason=f"namespaces unavailable: {NETNS}")
+def test_a_slow_link_holds_its_sender_to_the_window(
+        three_tier: Path, deploy: Callable[..., Deployment]) -> None:
+    """16 samples in flight from the client, 3 credits on the 1 Mbit/s link: never more."""
+    x = _x()[:60]
+    dep = deploy(three_tier, netns=True, link_window=3)
+    result = dep.stream(x, window=16)
+    assert (result.answers["status"] == w.OK).all()
+    assert _most_in_flight(result.trace, 0) == 3  # the window fills and holds
+
+
 def test_without_namespaces_it_says_so_and_stays_on_loopback(
         two_tier: Path, deploy: Callable[..., Deployment], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_netns, "unavailable", lambda: "not running as root")
