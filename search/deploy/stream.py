@@ -64,10 +64,14 @@ def _trial(run: rundir.Run, point: str) -> tuple[int, dict[str, Any]]:
 
 def _same_run(manifest: dict[str, Any], path: Path, *, trial: int, config: dict[str, Any],
               summary: dict[str, Any]) -> None:
-    mine = manifest.get("run", {}).get("weights_hash")
-    if manifest.get("trial") != trial or manifest.get("config", {}).get("exits") != config[
-            "exits"] or manifest["config"].get("boundaries") != config["boundaries"] or (
-            mine and summary.get("weights_hash") and mine != summary["weights_hash"]):
+    """The manifest must be this run's export of this trial: same trial id, exits and
+    boundaries, and (where both record it) the same backbone weights."""
+    mine, theirs = manifest.get("run", {}).get("weights_hash"), summary.get("weights_hash")
+    exported = manifest.get("config", {})
+    same = (manifest.get("trial") == trial and exported.get("exits") == config["exits"]
+            and exported.get("boundaries") == config["boundaries"]
+            and (not mine or not theirs or mine == theirs))
+    if not same:
         raise DeployError(f"{path} is the export of another run or point (trial "
                           f"{manifest.get('trial')}, not {trial}); export this point with "
                           "python -m search.deploy.export RUN --point ... or drop --manifest")
