@@ -24,11 +24,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["NetPlan", "Shaping", "network", "unavailable", "wire_bytes"]
+__all__ = ["NetPlan", "NetnsError", "Shaping", "network", "unavailable", "wire_bytes"]
 
 PREFIX = "eenn-"
 _SLOW_BPS = 10e6  # links below this get the small MTU
 _SMALL_MTU = 296
+
+
+class NetnsError(RuntimeError):
+    """A namespace, veth or qdisc could not be made (the message quotes ``ip``/``tc``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,14 +68,14 @@ def unavailable() -> str | None:
 def _ip(*args: str) -> None:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if done.returncode:
-        raise OSError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+        raise NetnsError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
 
 
 def _tc(ns: str, *args: str) -> None:
     done = subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True,
                           text=True, check=False)
     if done.returncode:
-        raise OSError(f"tc {' '.join(args)} in {ns} failed: {done.stderr.strip()}")
+        raise NetnsError(f"tc {' '.join(args)} in {ns} failed: {done.stderr.strip()}")
 
 
 def shaping_for(bandwidth_bits_per_s: float) -> Shaping:
@@ -146,10 +150,12 @@ def wire_bytes(ns: str, dev: str) -> int:
     return int(json.loads(done.stdout)[0]["stats64"]["tx"]["bytes"])
 
 
-def leftovers() -> list[str]:
-    """Namespaces of this module that exist now (tests check none is left behind)."""
+def leftovers(*, own: bool = False) -> list[str]:
+    """Namespaces of this module that exist now (``own``: made by this process); tests check
+    that none is left behind."""
     done = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True,
                           check=False)
     if done.returncode or not done.stdout.strip():
         return []
-    return [e["name"] for e in json.loads(done.stdout) if e["name"].startswith(PREFIX)]
+    prefix = f"{PREFIX}{os.getpid()}-" if own else PREFIX
+    return [e["name"] for e in json.loads(done.stdout) if e["name"].startswith(prefix)]

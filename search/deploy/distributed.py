@@ -184,11 +184,16 @@ class Deployment:
         if opts.netns:
             why = _netns.unavailable()
             if why is None:
-                self.plan = self._stack.enter_context(_netns.network(
-                    self.n_tiers, [lk.get("bandwidth_bits_per_s") for lk in links]))
-                self.mode = "netns"
-            else:
+                try:
+                    self.plan = self._stack.enter_context(_netns.network(
+                        self.n_tiers, [lk.get("bandwidth_bits_per_s") for lk in links]))
+                    self.mode = "netns"
+                except _netns.NetnsError as err:  # network() has removed what it made
+                    why = str(err)
+            if why is not None:
                 self.mode = f"loopback (namespaces unavailable: {why})"
+                print(f"--netns: namespaces unavailable ({why}); running on loopback",
+                      file=sys.stderr)
         self.ctx: zmq.Context[Any] = zmq.Context()
         self._stack.callback(self.ctx.term)
         self.answers = self.ctx.socket(zmq.PULL)

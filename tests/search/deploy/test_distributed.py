@@ -76,7 +76,7 @@ def deploy(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     if NETNS is None:
-        assert _netns.leftovers() == []
+        assert _netns.leftovers(own=True) == []
 
 
 def _x() -> np.ndarray:
@@ -221,7 +221,7 @@ def test_three_tier_in_namespaces_with_shaped_links(
     x = _x()[:40]
     ref = run_manifest(three_tier, x, wire=True)
     dep = deploy(three_tier, netns=True)
-    assert dep.mode == "netns" and dep.plan is not None and len(_netns.leftovers()) >= 3
+    assert dep.mode == "netns" and dep.plan is not None and len(_netns.leftovers(own=True)) >= 3
     assert dep.plan.shaping[0].rate_bits_per_s == 1e6 and dep.plan.shaping[0].mtu < 1500
     before = _netns.wire_bytes(dep.plan.namespaces[0], dep.plan.interfaces[0])
     result = dep.stream(x, window=4)
@@ -256,13 +256,27 @@ def test_a_slow_link_holds_its_sender_to_the_window(
 
 
 def test_without_namespaces_it_says_so_and_stays_on_loopback(
-        two_tier: Path, deploy: Callable[..., Deployment], monkeypatch: pytest.MonkeyPatch) -> None:
+        two_tier: Path, deploy: Callable[..., Deployment], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(_netns, "unavailable", lambda: "not running as root")
     dep = deploy(two_tier, netns=True)
     assert dep.plan is None
     assert dep.mode == "loopback (namespaces unavailable: not running as root)"
+    assert "running on loopback" in capsys.readouterr().err
     x = _x()[:20]
     _same_as_reference(dep.stream(x, window=4), run_manifest(two_tier, x, wire=True))
+
+
+@pytest.mark.skipif(NETNS is not None, reason=f"namespaces unavailable: {NETNS}")
+def test_a_failing_tc_falls_back_to_loopback_and_leaves_nothing(
+        two_tier: Path, deploy: Callable[..., Deployment], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_tbf(ns: str, *args: str) -> None:
+        raise _netns.NetnsError("tc qdisc add ... failed: Error: Specified qdisc kind is unknown.")
+
+    monkeypatch.setattr(_netns, "_tc", no_tbf)
+    dep = deploy(two_tier, netns=True)
+    assert dep.plan is None and "qdisc kind is unknown" in dep.mode
+    assert _netns.leftovers(own=True) == []
 
 
 @pytest.mark.skipif(NETNS is not None, reason=f"namespaces unavailable: {NETNS}")
@@ -273,7 +287,7 @@ def test_namespaces_are_removed_when_a_start_fails(tmp_path: Path, three_tier: P
     with pytest.raises(DeployError, match="tier 2 worker exited"):
         Deployment(broken / "manifest.json",
                    DeployOptions(netns=True, log_dir=tmp_path)).__enter__()
-    assert _netns.leftovers() == []
+    assert _netns.leftovers(own=True) == []
 
 
 def test_bad_frames_are_rejected_and_the_worker_keeps_serving(
