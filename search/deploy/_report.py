@@ -194,6 +194,9 @@ def deploy_report(*, manifest: Mapping[str, Any], result: Any, labels: NDArray[A
     exits = np.bincount(a["exit"][a["exit"] >= 0], minlength=n_paths)
     doc: dict[str, Any] = {
         "format": FORMAT, "trial": manifest.get("trial"), "mode": mode,
+        "note": "every tier computes on this host's CPU, not on the platform's device; the "
+                "links are real sockets (shaped veth pairs in netns mode, else unshaped "
+                "loopback); bytes per link: the payload frame as received, framing apart",
         "shaped_links": shaped, "propagation_delay_added_by_receiver": propagation,
         "samples": n, "window": result.window, "rate_per_s": result.rate,
         "answers": {**{name: int((a["status"] == code).sum()) for code, name in _STATUS.items()},
