@@ -192,8 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                            split=args.split, npz=args.npz, limit=args.limit)
         opts = DeployOptions(netns=args.netns, log_dir=args.run / rundir.DEPLOY_LOGS,
                              propagation=False if args.no_propagation else None)
-        (doc,) = measure(pt.manifest, pt.x, pt.y, options=opts, windows=[args.window],
-                         rate=args.rate)
+        try:
+            (doc,) = measure(pt.manifest, pt.x, pt.y, options=opts, windows=[args.window],
+                             rate=args.rate)
+        except KeyboardInterrupt:
+            print("interrupted: the workers are stopped and the namespaces removed; "
+                  "nothing was written", file=sys.stderr)
+            raise SystemExit(130) from None
         doc = {"manifest": str(pt.manifest), **doc}
         out = args.out or args.run / DEPLOY
         out.write_text(json.dumps(doc, indent=2))
