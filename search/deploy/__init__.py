@@ -5,7 +5,7 @@ and test (:mod:`search.deploy.evaluate`); ``python -m search.deploy.export RUN``
 writes per-device ONNX graphs and a manifest (:mod:`search.deploy.export`);
 ``python -m search.deploy RUN`` deploys one as one process per tier and streams samples
 through it (:mod:`search.deploy.stream`, :mod:`search.deploy.distributed`).
-Both read a run folder; the search side (``search`` outside this package,
+Each reads a run folder; the search side (``search`` outside this package,
 ``spaces``, ``evaluators``) never imports this package.
 
 The names below load on first use (PEP 562): an eager import here would import
