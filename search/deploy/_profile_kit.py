@@ -1,0 +1,186 @@
+"""Portable profiler of an EENN's pieces with onnxruntime: numpy and onnxruntime only.
+
+This one file is copied into a profiling kit (``python -m search.profile.kit``) next to
+``kit.json``, one ONNX graph per backbone segment and per head (float32 and, where written,
+int8 QDQ), ``nop.onnx`` and ``inputs.npy`` (real samples). On the target device (a Raspberry
+Pi, a Jetson) run::
+
+    python3 profile_kit.py KIT_DIR --out profile.json [--batches 1 64] [--threads 1]
+
+and bring ``profile.json`` back: it is a device profile file (format
+``eenn-device-profile/1``, :mod:`evaluators.device_profile`) for the kit's model and heads.
+``python -m search.profile`` measures onnxruntime with this same code.
+
+What is timed is what the reference runner (``search/deploy/_onnx_runner.py``) does: a
+segment is one session run; a head is one session run plus the exit decision in numpy
+(confidence, threshold test, the survivors' activation copied) less one session call, since
+in a deployed stage the head shares its segment's session; ``stage_call_s`` is a trivial
+session's call, saved when segments merge into one stage; ``call_s`` is the per-batch
+bookkeeping and the final decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+
+FORMAT = "eenn-device-profile/1"
+KIT_FORMAT = "eenn-profile-kit/1"
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int, target_s: float = 2e-3
+              ) -> tuple[float, float]:
+    """(median, interquartile spread) seconds per call of ``fn`` over ``repeats`` blocks."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    n = max(1, int(target_s / once))
+    for _ in range(min(n, 3)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - start) / n)
+    q25, q75 = np.percentile(times, [25, 75])
+    return float(median(times)), float(q75 - q25)
+
+
+def max_softmax(logits: Any) -> Any:
+    """Top-1 softmax probability of float32 logits (the runner's max_softmax)."""
+    z = np.asarray(logits, dtype=np.float32)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _batch(x: Any, batch: int) -> Any:
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch], dtype=np.float32)
+
+
+def _run(sess: Any, x: Any) -> Any:
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _segment_fn(sess: Any, act: Any) -> Callable[[], Any]:
+    return lambda: _run(sess, act)
+
+
+def _head_fn(sess: Any, act: Any) -> Callable[[], Any]:
+    name = sess.get_inputs()[0].name
+
+    def go() -> Any:
+        (logits,) = sess.run(None, {name: act})
+        leave = max_softmax(logits) >= np.float32(2.0)  # nobody leaves: all go on
+        return np.ascontiguousarray(act[~leave])
+
+    return go
+
+
+def _call_fn(x: Any, n_classes: int) -> Callable[[], Any]:
+    logits = np.random.default_rng(0).standard_normal((len(x), n_classes)).astype(np.float32)
+
+    def go() -> Any:
+        h = np.ascontiguousarray(x, dtype=np.float32)
+        pred = np.zeros(len(h), dtype=np.int64)
+        conf = np.zeros(len(h), dtype=np.float32)
+        c = max_softmax(logits)
+        pred[:], conf[:] = logits.argmax(axis=1), c
+        return pred
+
+    return go
+
+
+def measure(kit: Path, *, precision: str, batch: int, repeats: int, threads: int
+            ) -> dict[str, Any]:
+    """One profile table (a mapping) of the kit's pieces at ``batch``."""
+    meta = json.loads((kit / "kit.json").read_text())
+    files = meta["files"][precision]
+    chain = [_session(kit / f, threads) for f in meta["files"]["fp32"]["segments"]]
+    acts = [_batch(np.load(kit / meta["inputs"]), batch)]
+    for sess in chain:  # inputs of every piece: the float32 activations
+        acts.append(np.ascontiguousarray(_run(sess, acts[-1])))
+    segs = [time_call(_segment_fn(_session(kit / f, threads), a), repeats=repeats)
+            for f, a in zip(files["segments"], acts, strict=False)]
+    nop = _session(kit / meta["nop"], threads)
+    nop_x = np.zeros((batch, 1), dtype=np.float32)
+    stage_call = time_call(lambda: _run(nop, nop_x), repeats=repeats)[0]
+    heads = [[time_call(_head_fn(_session(kit / f, threads), acts[c + 1]), repeats=repeats)
+              for f in row] for c, row in enumerate(files["heads"])]
+    call = time_call(_call_fn(acts[0], int(meta["num_classes"])), repeats=repeats)[0]
+    return {"runtime": "onnxruntime", "precision": precision, "batch": batch, "threads": threads,
+            "repeats": repeats, "call_s": call, "stage_call_s": stage_call,
+            "segment_s": [t for t, _ in segs], "segment_spread_s": [s for _, s in segs],
+            "head_s": [[max(t - stage_call, 0.0) for t, _ in row] for row in heads],
+            "head_spread_s": [[s for _, s in row] for row in heads]}
+
+
+def machine(threads: int) -> dict[str, Any]:
+    """What the profile was measured on."""
+    import onnxruntime as ort
+
+    return {"host": platform.node(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "system": platform.platform(), "python": sys.version.split()[0],
+            "onnxruntime": ort.__version__, "threads": threads}
+
+
+def profile_kit(kit: Path, *, batches: list[int], precisions: list[str], repeats: int,
+                threads: int) -> dict[str, Any]:
+    """The device profile (a mapping in the profile file's format) of a kit folder."""
+    kit = Path(kit)
+    meta = json.loads((kit / "kit.json").read_text())
+    if meta.get("format") != KIT_FORMAT:
+        raise SystemExit(f"error: {kit / 'kit.json'} is not a profiling kit ({KIT_FORMAT})")
+    missing = [p for p in precisions if p not in meta["files"]]
+    if missing:
+        raise SystemExit(f"error: kit {kit} has no {missing[0]} graphs; use --precision "
+                         f"{' '.join(meta['files'])}")
+    tables = [measure(kit, precision=p, batch=b, repeats=repeats, threads=threads)
+              for p in precisions for b in batches]
+    return {"format": FORMAT, "weights_hash": meta["weights_hash"],
+            "candidates": meta["candidates"], "heads": meta["heads"],
+            "head_family": meta["head_family"], "machine": machine(threads), "tables": tables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Profile an EENN's pieces with onnxruntime.")
+    parser.add_argument("kit", type=Path, help="the kit folder (with kit.json)")
+    parser.add_argument("--out", type=Path, default=Path("profile.json"))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if min(args.batches) < 1 or args.repeats < 1 or args.threads < 1:
+        parser.error("--batches, --repeats and --threads must be >= 1")
+    profile = profile_kit(args.kit, batches=args.batches, precisions=args.precision,
+                          repeats=args.repeats, threads=args.threads)
+    args.out.write_text(json.dumps(profile, indent=1))
+    print(f"profile written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

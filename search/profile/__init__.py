@@ -1,0 +1,15 @@
+"""Measured costs: device profiles of an EENN's pieces on real runtimes.
+
+``python -m search.profile`` (same config groups as ``python -m search``) measures one on
+this machine; ``python -m search.profile.kit RUN`` writes the portable kit that measures one
+on another device. :func:`price_platform` attaches profiles to a platform's devices.
+The file format, its checks and path pricing live in :mod:`evaluators.device_profile`.
+"""
+
+from __future__ import annotations
+
+from search.profile._subject import ProfileSubject
+from search.profile.measure import ProfileSettings, host_profile, measure_profile, price_platform
+
+__all__ = ["ProfileSettings", "ProfileSubject", "host_profile", "measure_profile",
+           "price_platform"]
