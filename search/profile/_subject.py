@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["ProfileSubject", "make_subject"]
+__all__ = ["ProfileSubject", "make_subject", "subject_of"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -41,3 +43,15 @@ def make_subject(*, model: nn.Module, candidates: tuple[str, ...], family_names:
         head_modules={k: copy.deepcopy(v).cpu().eval() for k, v in head_modules.items()},
         head_family=head_family_key(family_members, pool), weights_hash=weights_hash,
         x=x.float().cpu())
+
+
+def subject_of(prepared: Any, *, samples: int = 256) -> ProfileSubject:
+    """The subject of a prepared run (:class:`search.pipeline.Prepared`)."""
+    from evaluators.features import iter_batches
+
+    x = torch.cat([b.float() for b, _ in iter_batches(prepared.data.val, samples)])[:samples]
+    return make_subject(
+        model=prepared.model, candidates=prepared.costs.candidate_names,
+        family_names=prepared.family.names,
+        family_members=prepared.family.as_config()["members"], pool=prepared.store.pool,
+        head_modules=prepared.heads.heads, weights_hash=prepared.backbone.weights_hash, x=x)

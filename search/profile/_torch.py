@@ -93,7 +93,8 @@ def _measure(model: nn.Module, candidates: Sequence[str],
     acts = [batch_of(x.float().cpu(), batch)]
     for seg in segments:
         acts.append(seg(acts[-1]))
-    seg_t = [time_call(partial(s, a), repeats=repeats) for s, a in zip(segments, acts, strict=False)]
+    seg_t = [time_call(partial(s, a), repeats=repeats)
+             for s, a in zip(segments, acts, strict=False)]
     n_c, n_classes = len(candidates), acts[-1].shape[1]
     head_t = np.zeros((n_c, n_heads, 2))
     rows = torch.arange(batch)

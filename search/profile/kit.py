@@ -12,6 +12,7 @@ that needs only numpy and onnxruntime (:mod:`search.deploy._profile_kit`).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -57,7 +58,7 @@ class _Nop(nn.Module):
 
 
 def _export(module: nn.Module, x: Tensor, path: Path) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (x,), str(path), input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
@@ -69,10 +70,15 @@ def _quantize(src: Path, dst: Path, x: Tensor) -> None:
 
     from search.deploy._quantize import _Batches
 
-    quantize_static(str(src), str(dst), _Batches("x", x.numpy()), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    logging.disable(logging.WARNING)  # the quantiser's "consider pre-processing" advice, per call
+    try:
+        quantize_static(str(src), str(dst), _Batches("x", x.numpy()),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def write_kit(subject: ProfileSubject, out: Path, *, int8: bool = False,
@@ -83,9 +89,9 @@ def write_kit(subject: ProfileSubject, out: Path, *, int8: bool = False,
     x = subject.x[:samples].float().cpu().contiguous()
     segments = split_graph(trace(subject.model.eval()), list(subject.candidates))
     acts = [x]
-    with torch.inference_mode():
+    with torch.no_grad():
         for seg in segments:
-            acts.append(seg(acts[-1]).clone())
+            acts.append(seg(acts[-1]))
     files: dict[str, Any] = {"fp32": {"segments": [], "heads": []}}
     if int8:
         files["int8"] = {"segments": [], "heads": []}
