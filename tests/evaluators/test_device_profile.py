@@ -96,7 +96,8 @@ def test_mixed_platform_prices_profiled_and_analytic_devices() -> None:
     cfg = EENNConfig(exits=(ExitChoice(candidate=2, head=0, threshold=0.5),), boundaries=(2,))
     pc = path_costs(cfg, costs, platform)
     mcu = float(costs.segment_macs[:2].sum()) / base.devices[0].macs_per_second
-    link = base.links[0].latency_s + 8 * costs.activation_elems[1] / base.links[0].bandwidth_bits_per_s
+    radio = base.links[0]
+    link = radio.latency_s + 8 * costs.activation_elems[1] / radio.bandwidth_bits_per_s
     # the fog device is entered at segment 2: its call overhead, segment 2, head (2, 0)
     assert pc.latency_s[0] == pytest.approx(mcu + link + 0.005 + 0.030 + 0.003)
 
@@ -134,9 +135,9 @@ def test_profile_of_another_model_or_head_family_is_refused() -> None:
     ({"profile": "p.json", "active_power_w": 1.0, "energy_per_mac_j": 1e-9},
      "names both a profile and energy_per_mac_j"),
     ({"profile": {"file": "p.json", "runtime": "tflite"}, "active_power_w": 1.0},
-     "profile.runtime='tflite'"),
+     r"profile\.runtime='tflite'"),
     ({"profile": {"file": "p.json", "runtime": "torch", "precision": "int8"},
-      "active_power_w": 1.0}, "profile.precision='int8'"),
+      "active_power_w": 1.0}, r"profile\.precision='int8'"),
     ({"profile": "p.json"}, "missing 'active_power_w'"),
 ])
 def test_bad_profiled_device_is_one_line_error(device: dict[str, object], message: str) -> None:
