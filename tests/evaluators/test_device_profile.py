@@ -123,7 +123,7 @@ def test_profile_of_another_model_or_head_family_is_refused() -> None:
     ok = {"weights_hash": "w" * 64, "candidates": PROFILE.candidates, "heads": PROFILE.heads,
           "head_family": "fam"}
     PROFILE.check(**ok)
-    with pytest.raises(ProfileError, match="weights_hash.*another model"):
+    with pytest.raises(ProfileError, match=r"weights_hash.*another model"):
         PROFILE.check(**{**ok, "weights_hash": "x" * 64})
     with pytest.raises(ProfileError, match="head family"):
         PROFILE.check(**{**ok, "head_family": "other"})
