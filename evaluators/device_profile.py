@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from evaluators.hashing import hash_json
 
 __all__ = [
+    "CLOCKS",
     "FORMAT",
     "PRECISIONS",
     "RUNTIMES",
@@ -54,6 +55,7 @@ __all__ = [
 FORMAT = "eenn-device-profile/1"
 RUNTIMES = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
+CLOCKS = ("wall", "cpu")
 HOST = "host"  # ProfileRef.file for "measure this machine now" (platform=host)
 
 
@@ -99,6 +101,7 @@ class ProfileTable:
     segment_spread_s: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     head_spread_s: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
     repeats: int = 0
+    clock: str = "wall"  # wall-clock, or "cpu": the timing thread's CPU time (a shared machine)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -106,7 +109,8 @@ class ProfileTable:
 
     def as_json(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "precision": self.precision, "batch": self.batch,
-                "threads": self.threads, "repeats": self.repeats, "call_s": self.call_s,
+                "threads": self.threads, "repeats": self.repeats, "clock": self.clock,
+                "call_s": self.call_s,
                 "stage_call_s": self.stage_call_s, "segment_s": self.segment_s.tolist(),
                 "head_s": self.head_s.tolist(), "segment_spread_s": self.segment_spread_s.tolist(),
                 "head_spread_s": self.head_spread_s.tolist()}
@@ -193,6 +197,12 @@ def _number(raw: Mapping[str, Any], key: str, *, where: str, kind: type = float)
     return value
 
 
+def _clock(raw: Any, where: str) -> str:
+    if raw not in CLOCKS:
+        raise ProfileError(f"{where}: clock={raw!r}; use {' or '.join(CLOCKS)}")
+    return str(raw)
+
+
 def _table(raw: Any, n_c: int, n_h: int, where: str) -> ProfileTable:
     if not isinstance(raw, Mapping):
         raise ProfileError(f"{where} is not a mapping; re-profile to rewrite the file")
@@ -209,7 +219,7 @@ def _table(raw: Any, n_c: int, n_h: int, where: str) -> ProfileTable:
     return ProfileTable(
         runtime=str(runtime), precision=str(precision), batch=batch,
         threads=_number(raw, "threads", where=where, kind=int),
-        repeats=int(raw.get("repeats", 0)),
+        repeats=int(raw.get("repeats", 0)), clock=_clock(raw.get("clock", "wall"), where),
         segment_s=_seconds(raw.get("segment_s"), (n_c + 1,), where=where, key="segment_s"),
         head_s=_seconds(raw.get("head_s"), (n_c, n_h), where=where, key="head_s"),
         call_s=_number(raw, "call_s", where=where), stage_call_s=_number(raw, "stage_call_s",

@@ -52,6 +52,18 @@ class Device:
         """This device priced from ``table`` (the entry its profile reference names)."""
         return replace(self, measured=table)
 
+    def as_config(self) -> dict[str, Any]:
+        """The device as the platform config would write it (reads back to an equal device)."""
+        keys = ["name", "macs_per_second", "energy_per_mac_j", "static_power_w", "ram_bytes",
+                "flash_bytes", "activation_bits"]
+        if self.profile is None:
+            return {k: getattr(self, k) for k in keys}
+        out: dict[str, Any] = {"name": self.name, "profile": vars(self.profile),
+                               "active_power_w": self.active_power_w}
+        if math.isfinite(self.macs_per_second):
+            out["macs_per_second"] = self.macs_per_second
+        return {**out, **{k: getattr(self, k) for k in keys[4:]}}
+
     def summary(self) -> dict[str, Any]:
         """The device as plain values for summary.json (says how it is priced)."""
         out: dict[str, Any] = {k: getattr(self, k) for k in (
@@ -252,5 +264,5 @@ def _profiled(entry: Mapping[str, Any], *, where: str) -> dict[str, Any]:
     figures = {**_figures(entry, need, where=where), **_figures(entry, power, where=where)}
     rate = (_figures(entry, {"macs_per_second": float}, where=where)["macs_per_second"]
             if entry.get("macs_per_second") is not None else math.nan)
-    return {**figures, "macs_per_second": rate, "energy_per_mac_j": 0.0,
+    return {**figures, "macs_per_second": rate, "energy_per_mac_j": 0.0,  # priced by time
             "static_power_w": figures["active_power_w"], "profile": ref}

@@ -4,6 +4,7 @@ The same config groups as ``python -m search`` pick the model, data and heads; t
 prepared (cached stages are reused) and every segment, head and call is timed on this
 machine. Options go under ``+profile.``: ``entries`` (default torch/fp32, onnxruntime/fp32,
 onnxruntime/int8), ``batches`` (default [1, 256]), ``repeats`` (15), ``threads`` (1),
+``clock`` (``wall``, or ``cpu``: the timing thread's CPU time, for a shared machine),
 ``out`` (default ``<run dir>/profile.json``) and ``kit=true`` to also write the portable
 profiling kit into ``<run dir>/kit``. A platform device then names the file:
 ``profile: {file: <out>, runtime: onnxruntime, precision: int8, batch: 1}``.
@@ -29,15 +30,16 @@ def _settings(opts: dict[str, Any]) -> Any:
     from evaluators.device_profile import ProfileError
     from search.profile import ProfileSettings
 
-    unknown = sorted(set(opts) - {"entries", "batches", "repeats", "threads", "out", "kit"})
+    known = ("entries", "batches", "repeats", "threads", "clock", "out", "kit")
+    unknown = sorted(set(opts) - set(known))
     if unknown:
-        raise ProfileError(f"unknown profile key {unknown[0]!r}; use entries, batches, repeats, "
-                           "threads, out, kit")
+        raise ProfileError(f"unknown profile key {unknown[0]!r}; use {', '.join(known)}")
     d = ProfileSettings()
     return ProfileSettings(entries=tuple(opts.get("entries", ENTRIES)),
                            batches=tuple(int(b) for b in opts.get("batches", d.batches)),
                            repeats=int(opts.get("repeats", d.repeats)),
-                           threads=int(opts.get("threads", d.threads)))
+                           threads=int(opts.get("threads", d.threads)),
+                           clock=str(opts.get("clock", d.clock)))
 
 
 @hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")

@@ -11,10 +11,9 @@ are real activations of real samples at the table's batch.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
-from statistics import median
 from typing import Any
 
 import numpy as np
@@ -24,33 +23,10 @@ from torch import Tensor, fx, nn
 from evaluators.device_profile import ProfileTable
 from evaluators.eenn import EENNConfig, ExitChoice
 from evaluators.graph import trace
+from search.deploy._profile_kit import time_call
 from search.deploy.runtime import EENN, Stage, split_graph
 
-__all__ = ["batch_of", "measure_torch", "time_call"]
-
-
-def time_call(fn: Callable[[], Any], *, repeats: int, target_s: float = 2e-3
-              ) -> tuple[float, float]:
-    """(median, interquartile spread) seconds per call of ``fn`` over ``repeats`` timed blocks.
-
-    Warm-up first; each block runs ``fn`` often enough to last about ``target_s`` so that
-    the clock's resolution and one-off hiccups do not dominate short calls.
-    """
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    n = max(1, int(target_s / once))
-    for _ in range(min(n, 3)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - start) / n)
-    q25, q75 = np.percentile(times, [25, 75])
-    return float(median(times)), float(q75 - q25)
+__all__ = ["batch_of", "measure_torch"]
 
 
 def batch_of(x: Tensor, batch: int) -> Tensor:
@@ -74,46 +50,46 @@ def _call_eenn() -> EENN:
 
 def measure_torch(model: nn.Module, candidates: Sequence[str],
                   heads: Mapping[tuple[int, int], nn.Module], n_heads: int, x: Tensor, *,
-                  batch: int, repeats: int, threads: int) -> ProfileTable:
+                  batch: int, repeats: int, threads: int, clock: str = "wall") -> ProfileTable:
     """The torch fp32 table at ``batch`` on ``threads`` intra-op threads (restored after)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return _measure(model, candidates, heads, n_heads, x, batch=batch, repeats=repeats,
-                            threads=threads)
+            timer = partial(time_call, repeats=repeats, clock=clock)
+            table = _measure(model, candidates, heads, n_heads, x, batch=batch, timer=timer)
+            return replace(table, threads=threads, repeats=repeats, clock=clock)
     finally:
         torch.set_num_threads(before)
 
 
 def _measure(model: nn.Module, candidates: Sequence[str],
              heads: Mapping[tuple[int, int], nn.Module], n_heads: int, x: Tensor, *,
-             batch: int, repeats: int, threads: int) -> ProfileTable:
+             batch: int, timer: Callable[[Callable[[], Any]], tuple[float, float]]
+             ) -> ProfileTable:
     segments = [s.eval() for s in split_graph(trace(model.eval()), list(candidates))]
     acts = [batch_of(x.float().cpu(), batch)]
     for seg in segments:
         acts.append(seg(acts[-1]))
-    seg_t = [time_call(partial(s, a), repeats=repeats)
-             for s, a in zip(segments, acts, strict=False)]
+    seg_t = [timer(partial(s, a)) for s, a in zip(segments, acts, strict=False)]
     n_c, n_classes = len(candidates), acts[-1].shape[1]
     head_t = np.zeros((n_c, n_heads, 2))
     rows = torch.arange(batch)
     for (c, h), head in sorted(heads.items()):
         eenn, stage = _head_eenn(head.eval(), n_classes)
-        head_t[c, h] = time_call(partial(eenn._step, stage, rows, acts[c + 1]), repeats=repeats)
+        head_t[c, h] = timer(partial(eenn._step, stage, rows, acts[c + 1]))
     missing = [(c, h) for c in range(n_c) for h in range(n_heads) if (c, h) not in heads]
     if missing:
         raise ValueError(f"no trained head for (candidate, head) {missing[:3]}; retrain heads")
     caller, logits = _call_eenn(), acts[-1]
     if batch == 1:
-        call = time_call(lambda: caller(logits), repeats=repeats)
+        call = timer(lambda: caller(logits))
     else:
-        call = time_call(lambda: caller.run_pooled(iter([logits]), batch_size=batch),
-                         repeats=repeats)
+        call = timer(lambda: caller.run_pooled(iter([logits]), batch_size=batch))
     empty = fx.symbolic_trace(nn.Identity())
-    stage_call = time_call(lambda: empty(acts[1]), repeats=repeats)
+    stage_call = timer(lambda: empty(acts[1]))
     return ProfileTable(
-        runtime="torch", precision="fp32", batch=batch, threads=threads, repeats=repeats,
+        runtime="torch", precision="fp32", batch=batch, threads=1,
         segment_s=np.array([t[0] for t in seg_t]), segment_spread_s=np.array([t[1] for t in seg_t]),
         head_s=head_t[..., 0], head_spread_s=head_t[..., 1], call_s=call[0],
         stage_call_s=stage_call[0])

@@ -22,6 +22,7 @@ import torch
 
 from evaluators._cache import atomic_write
 from evaluators.device_profile import (
+    CLOCKS,
     DeviceProfile,
     ProfileError,
     ProfileTable,
@@ -49,8 +50,11 @@ class ProfileSettings:
     batches: tuple[int, ...] = (1, 256)
     repeats: int = 15
     threads: int = 1
+    clock: str = "wall"  # or "cpu": the timing thread's CPU time, not inflated by other load
 
     def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ProfileError(f"profile clock={self.clock!r}; use {' or '.join(CLOCKS)}")
         known = ("torch/fp32", "onnxruntime/fp32", "onnxruntime/int8")
         bad = [e for e in self.entries if e not in known]
         if bad or not self.entries:
@@ -76,7 +80,8 @@ def measure_profile(subject: ProfileSubject, settings: ProfileSettings) -> Devic
     if "torch/fp32" in settings.entries:
         tables += [measure_torch(subject.model, subject.candidates, subject.head_modules,
                                  n_heads, subject.x, batch=b, repeats=settings.repeats,
-                                 threads=settings.threads) for b in settings.batches]
+                                 threads=settings.threads, clock=settings.clock)
+                   for b in settings.batches]
     onnx = [e.split("/")[1] for e in settings.entries if e.startswith("onnxruntime/")]
     if onnx:
         _onnx_ready()
@@ -85,7 +90,8 @@ def measure_profile(subject: ProfileSubject, settings: ProfileSettings) -> Devic
         with tempfile.TemporaryDirectory(prefix="eenn-kit-") as tmp:
             kit = write_kit(subject, Path(tmp), int8="int8" in onnx)
             raw = _profile_kit.profile_kit(kit, batches=list(settings.batches), precisions=onnx,
-                                           repeats=settings.repeats, threads=settings.threads)
+                                           repeats=settings.repeats, threads=settings.threads,
+                                           clock=settings.clock)
         tables += list(profile_from_json(raw, source="kit").tables)
     return DeviceProfile(weights_hash=subject.weights_hash, candidates=subject.candidates,
                          heads=subject.heads, head_family=subject.head_family,
@@ -133,7 +139,7 @@ def price_platform(platform: Platform, subject: ProfileSubject, *, cache_dir: Pa
             entry = f"{ref.runtime}/{ref.precision}"
             profile = host_profile(subject, ProfileSettings(
                 entries=(entry,), batches=(ref.batch,), repeats=want.repeats,
-                threads=want.threads), cache_dir=cache_dir)
+                threads=want.threads, clock=want.clock), cache_dir=cache_dir)
         else:
             profile = load_profile(ref.file)
             profile.check(weights_hash=subject.weights_hash, candidates=subject.candidates,
