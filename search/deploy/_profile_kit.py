@@ -16,7 +16,8 @@ segment is one session run; a head is one session run plus the exit decision in 
 (confidence, threshold test, the survivors' activation copied) less one session call, since
 in a deployed stage the head shares its segment's session; ``stage_call_s`` is a trivial
 session's call, saved when segments merge into one stage; ``call_s`` is the per-batch
-bookkeeping and the final decision.
+bookkeeping and the final decision. Segments and heads are timed in context
+(:func:`time_chain`): in passes along the backbone with a head after every candidate.
 """
 
 from __future__ import annotations
@@ -70,6 +71,42 @@ def time_call(fn: Callable[[], Any], *, repeats: int, target_s: float = 2e-3,
     return float(median(times)), float(q75 - q25)
 
 
+def time_chain(segments: list[Callable[[Any], Any]], heads: list[list[Callable[[Any], Any]]],
+               x: Any, *, repeats: int, clock: str = "wall") -> tuple[Any, Any]:
+    """Times of every segment and head in context: ((S, 2), (C, H, 2)) median and spread.
+
+    A pass runs the segments in order with head ``h`` after every candidate, timing each call
+    on its own, as a path through the EENN runs them (caches hold the previous piece's data,
+    not the same piece's); one pass per head, ``repeats`` times after a warm-up pass. A
+    segment gets ``repeats x H`` samples, a head ``repeats``.
+    """
+    now = CLOCKS[clock]
+    n_h = len(heads[0]) if heads else 1
+    seg_t: list[list[float]] = [[] for _ in segments]
+    head_t: list[list[list[float]]] = [[[] for _ in row] for row in heads]
+    for rep in range(repeats + 1):
+        for h in range(n_h):
+            a = x
+            for i, seg in enumerate(segments):
+                start = now()
+                a = seg(a)
+                seg_t[i].append(now() - start)
+                if i < len(heads):
+                    start = now()
+                    heads[i][h](a)
+                    head_t[i][h].append(now() - start)
+        if rep == 0:  # warm-up pass: dropped
+            seg_t = [[] for _ in segments]
+            head_t = [[[] for _ in row] for row in heads]
+
+    def stats(v: list[float]) -> tuple[float, float]:
+        q25, q50, q75 = np.percentile(v, [25, 50, 75])
+        return float(q50), float(q75 - q25)
+
+    return (np.array([stats(v) for v in seg_t]),
+            np.array([[stats(v) for v in row] for row in head_t]).reshape(len(heads), n_h, 2))
+
+
 def max_softmax(logits: Any) -> Any:
     """Top-1 softmax probability of float32 logits (the runner's max_softmax)."""
     z = np.asarray(logits, dtype=np.float32)
@@ -96,31 +133,42 @@ def _run(sess: Any, x: Any) -> Any:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-def _segment_fn(sess: Any, act: Any) -> Callable[[], Any]:
-    return lambda: _run(sess, act)
+def _segment_fn(sess: Any) -> Callable[[Any], Any]:
+    return lambda a: np.ascontiguousarray(_run(sess, a))
 
 
-def _head_fn(sess: Any, act: Any) -> Callable[[], Any]:
+def _head_fn(sess: Any) -> Callable[[Any], Any]:
+    """A head's session and the runner's exit decision on its logits (nobody leaves)."""
     name = sess.get_inputs()[0].name
 
-    def go() -> Any:
+    def go(act: Any) -> Any:
         (logits,) = sess.run(None, {name: act})
+        pred = logits.argmax(axis=1)
         leave = max_softmax(logits) >= np.float32(2.0)  # nobody leaves: all go on
-        return np.ascontiguousarray(act[~leave])
+        alive = np.arange(len(act))[~leave]
+        return pred[leave], alive, np.ascontiguousarray(act[~leave])
 
     return go
 
 
 def _call_fn(x: Any, n_classes: int) -> Callable[[], Any]:
+    """The runner's per-batch bookkeeping and the final decision (everyone leaves)."""
     logits = np.random.default_rng(0).standard_normal((len(x), n_classes)).astype(np.float32)
 
     def go() -> Any:
         h = np.ascontiguousarray(x, dtype=np.float32)
-        pred = np.zeros(len(h), dtype=np.int64)
-        conf = np.zeros(len(h), dtype=np.float32)
-        c = max_softmax(logits)
-        pred[:], conf[:] = logits.argmax(axis=1), c
-        return pred
+        n = len(h)
+        pred, taken = np.zeros(n, dtype=np.int64), np.full(n, 0, dtype=np.int64)
+        device, conf = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float32)
+        alive = np.arange(n)
+        outs = dict(zip(["logits"], [logits], strict=True))
+        c = max_softmax(outs["logits"])
+        p = outs["logits"].argmax(axis=1)
+        leave = np.ones(len(c), dtype=bool)
+        idx = alive[leave]
+        pred[idx], conf[idx], device[idx] = p[leave], c[leave], 0
+        taken[idx] = 1
+        return alive[~leave]
 
     return go
 
@@ -134,20 +182,19 @@ def measure(kit: Path, *, precision: str, batch: int, repeats: int, threads: int
     acts = [_batch(np.load(kit / meta["inputs"]), batch)]
     for sess in chain:  # inputs of every piece: the float32 activations
         acts.append(np.ascontiguousarray(_run(sess, acts[-1])))
-    segs = [time_call(_segment_fn(_session(kit / f, threads), a), repeats=repeats, clock=clock)
-            for f, a in zip(files["segments"], acts, strict=False)]
+    segments = [_segment_fn(_session(kit / f, threads)) for f in files["segments"]]
+    heads = [[_head_fn(_session(kit / f, threads)) for f in row] for row in files["heads"]]
+    segs, head_t = time_chain(segments, heads, acts[0], repeats=repeats, clock=clock)
     nop = _session(kit / meta["nop"], threads)
     nop_x = np.zeros((batch, 1), dtype=np.float32)
-    stage_call = time_call(lambda: _run(nop, nop_x), repeats=repeats, clock=clock)[0]
     timer = functools.partial(time_call, repeats=repeats, clock=clock)
-    heads = [[timer(_head_fn(_session(kit / f, threads), acts[c + 1])) for f in row]
-             for c, row in enumerate(files["heads"])]
+    stage_call = timer(lambda: _run(nop, nop_x))[0]
     call = timer(_call_fn(acts[0], int(meta["num_classes"])))[0]
     return {"runtime": "onnxruntime", "precision": precision, "batch": batch, "threads": threads,
             "repeats": repeats, "clock": clock, "call_s": call, "stage_call_s": stage_call,
-            "segment_s": [t for t, _ in segs], "segment_spread_s": [s for _, s in segs],
-            "head_s": [[max(t - stage_call, 0.0) for t, _ in row] for row in heads],
-            "head_spread_s": [[s for _, s in row] for row in heads]}
+            "segment_s": segs[:, 0].tolist(), "segment_spread_s": segs[:, 1].tolist(),
+            "head_s": np.maximum(head_t[..., 0] - stage_call, 0.0).tolist(),
+            "head_spread_s": head_t[..., 1].tolist()}
 
 
 def machine(threads: int) -> dict[str, Any]:
