@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -74,8 +75,10 @@ def _measure(model: nn.Module, candidates: Sequence[str],
     if missing:
         raise ValueError(f"no trained head for (candidate, head) {missing[:3]}; retrain heads")
     rows = torch.arange(batch)
-    steps: list[list[Callable[[Any], Any]]] = [[partial(eenn._step, stage, rows) for eenn, stage in (
-        _head_eenn(heads[(c, h)].eval()) for h in range(n_heads))] for c in range(n_c)]
+    steps: list[list[Callable[[Any], Any]]] = [
+        [partial(eenn._step, stage, rows)
+         for eenn, stage in (_head_eenn(heads[(c, h)].eval()) for h in range(n_heads))]
+        for c in range(n_c)]
     seg_t, head_t = time_chain(list(segments), steps, acts[0], repeats=repeats, clock=clock)
     timer = partial(time_call, repeats=repeats, clock=clock)
     caller, logits = _call_eenn(), acts[-1]
