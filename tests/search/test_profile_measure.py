@@ -18,6 +18,9 @@ from search.profile import ProfileSettings, ProfileSubject, measure_profile, pri
 from search.profile._subject import make_subject
 from search.profile.kit import write_kit
 from tests.search.deploy._eenn_fixture import FAMILY, setup
+from tests.search.deploy.test_evaluate import tiny_run as tiny_run_fixture
+
+tiny_run = tiny_run_fixture  # the tiny default run, shared with the evaluate tests
 
 
 @functools.cache
@@ -144,3 +147,45 @@ def test_platform_host_runs_end_to_end(tmp_path_factory: pytest.TempPathFactory)
     assert summary["backbone"]["energy_j_first"] == pytest.approx(
         15.0 * summary["backbone"]["latency_s_first"])
     assert result.summary["status"] in ("feasible", "no_feasible_eenn")
+
+
+def test_onnxruntime_not_installed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(ProfileError, match="onnxruntime is not installed; pip install"):
+        measure_profile(subject(), ProfileSettings(entries=("onnxruntime/fp32",), repeats=1))
+
+
+def test_in_context_times_add_up_to_the_running_eenn() -> None:
+    """The profile's backbone path against the backbone-only EENN, both on this thread's CPU
+    clock (generous bound: the machine is shared)."""
+    from evaluators.device_profile import path_seconds
+    from evaluators.eenn import EENNConfig
+    from search.deploy._latency import measure_latency
+    from search.deploy.runtime import build_eenn
+
+    sub, s = subject(), setup()
+    profile = measure_profile(sub, ProfileSettings(batches=(1,), repeats=15, clock="cpu"))
+    eenn = build_eenn(sub.model, EENNConfig(exits=()), candidates=s.profile.candidates,
+                      heads=sub.head_modules, n_devices=1)
+    measured = measure_latency(eenn, sub.x, batch=1, repeats=7, threads=1, clock="cpu")
+    predicted = path_seconds(profile.tables[0], exits=[])[0]
+    assert 0.5 < predicted / measured < 2.0
+
+
+@pytest.mark.slow
+def test_evaluate_writes_measured_against_predicted_latency(tiny_run: Path) -> None:
+    from search.deploy.evaluate import LatencyOptions, evaluate_run, load_run
+    from search.report._records import get_predicted_measured
+    from search.rundir import load_run as load_folder
+
+    run = load_run(tiny_run)
+    df = evaluate_run(tiny_run, points="chosen", run=run,
+                      latency=LatencyOptions(samples=20, repeats=2, batch=32))
+    row = df.iloc[0]
+    for col in ("measured_latency_b1_s", "predicted_latency_b1_s", "measured_latency_batch_s",
+                "predicted_latency_batch_s"):
+        assert row[col] > 0, col
+    assert row["latency_batch"] == 32 and row["latency_threads"] == 1
+    pairs = {p.quantity for p in get_predicted_measured(load_folder(tiny_run))}
+    assert {"latency_b1_s", "latency_batch_s"} <= pairs  # the report plots them
+
