@@ -1,6 +1,6 @@
 """Write a profiling kit: every segment and head of a model as ONNX, plus the profiler.
 
-``python -m search.profile.kit RUN [--out DIR] [--int8]`` (or :func:`write_kit`) writes
+``python -m search.profile +profile.kit=true`` (or :func:`write_kit`) writes
 ``kit.json``, ``segment<s>.onnx`` (input -> candidate 0, ..., last candidate -> logits),
 ``head<c>_<h>.onnx`` (head ``h`` at candidate ``c`` with its pooling as matrix products, as
 :mod:`search.deploy.export` exports heads), with ``--int8`` also their QDQ int8 graphs
