@@ -1,6 +1,6 @@
 """Per-device ONNX export of a real EENN, a deployment manifest, and its check.
 
-``python -m search.deploy.export RUN [--point chosen|TRIAL] [--out DIR] [--int8]``
+``python -m search.deploy.export RUN [--point chosen|TRIAL] [--out DIR] [--int8] [--profile-kit]``
 
 Every :class:`search.deploy.runtime.Stage` (one backbone segment and, if an exit sits
 at its end, that exit's head) becomes one ONNX graph; the manifest lists them
@@ -344,9 +344,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export/trial_<id>")
     parser.add_argument("--int8", action="store_true",
                         help="also write int8 graphs for the int8 devices and manifest_int8.json")
+    parser.add_argument("--profile-kit", action="store_true",
+                        help="also write the portable profiling kit (every segment and head as "
+                             "ONNX, fp32 and int8, and a numpy+onnxruntime profiler) to OUT/kit")
     args = parser.parse_args(argv)
     console = Console()
     with one_line_errors(ExportError):
+        if args.profile_kit:
+            from search.deploy.evaluate import load_run
+            from search.profile._subject import subject_of
+            from search.profile.kit import write_kit
+
+            kit = write_kit(subject_of(load_run(args.run).prepared),
+                            (args.out or Path(args.run) / "export") / "kit", int8=True)
+            console.print(f"profiling kit: {kit} (on the device: python3 profile_kit.py "
+                          f"{kit.name} --out profile.json)")
         result, check = export_point(args.run, point=args.point, out=args.out, int8=args.int8)
         for st in result.manifest["stages"]:
             console.print(f"{st['device_name']:>16}: {st['file']}  "
