@@ -3,7 +3,10 @@
 :class:`OnnxEENN` exports an EENN (:func:`search.deploy.export.export_eenn`), loads the
 manifest's sessions once on one pinned intra-op thread (:class:`ManifestRunner`) and times its
 stage loop at batch 1 (chunks of about ``target_s``, the median of ``repeats`` per chunk,
-summed), so that the onnxruntime profile's prediction can be held against it.
+summed) and in a pooled throughput loop (:meth:`OnnxEENN.pooled`: the reference runner's
+stages and decision, with the survivors of an exit waiting for a full batch at the next stage,
+as :meth:`search.deploy.runtime.EENN.run_pooled` does in torch), so that the onnxruntime
+profile's prediction can be held against it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 
 from evaluators.costs import BackboneCosts
 from evaluators.platform import Platform
-from search.deploy._onnx_runner import ManifestRunner
+from search.deploy._onnx_runner import ManifestRunner, numpy_scores
 from search.deploy._profile_kit import CLOCKS
 from search.deploy.export import export_eenn
 from search.deploy.runtime import EENN
@@ -64,3 +67,47 @@ class OnnxEENN:
         total = sum(median(singles(x[i:i + size]) for _ in range(repeats))
                     for i in range(0, len(x), size))
         return float(total) / len(x)
+
+    def pooled(self, x: NDArray[np.float32], *, batch: int) -> None:
+        """One pooled pass over ``x``: every stage runs on full batches of survivors."""
+        manifest, sessions = self.runner.manifest, self.runner.sessions
+        stages, metric = manifest["stages"], manifest["decision"]["metric"]
+        waiting: list[list[NDArray[np.float32]]] = [[] for _ in stages]
+
+        def drain(i: int, flush: bool) -> None:
+            while waiting[i]:
+                count = sum(len(a) for a in waiting[i])
+                if count < batch and not flush:
+                    return
+                h = np.concatenate(waiting[i]) if len(waiting[i]) > 1 else waiting[i][0]
+                waiting[i] = [h[batch:]] if count > batch else []
+                stage = stages[i]
+                got = sessions[i].run(stage["outputs"], {stage["input"]["name"]: h[:batch]})
+                outs = dict(zip(stage["outputs"], got, strict=True))
+                act = outs.get(stage["activation"]) if stage["activation"] else None
+                if stage["logits"] is not None and not stage["final"]:
+                    _, conf = numpy_scores(outs[stage["logits"]], metric)
+                    keep = conf < np.float32(stage["exit"]["threshold"])
+                    act = np.ascontiguousarray(act[keep]) if act is not None else None
+                if act is not None and len(act):
+                    waiting[i + 1].append(act)
+
+        for lo in range(0, len(x), batch):
+            waiting[0].append(np.ascontiguousarray(x[lo:lo + batch]))
+            for i in range(len(stages)):
+                drain(i, flush=False)
+        for i in range(len(stages)):
+            drain(i, flush=True)
+
+    def latency_pooled(self, x: NDArray[np.float32], *, batch: int, repeats: int,
+                       clock: str = "wall") -> float:
+        """Per-sample seconds of :meth:`pooled` over ``x``, the median of ``repeats`` passes."""
+        now = CLOCKS[clock]
+        self.pooled(x, batch=batch)  # warm-up
+
+        def one() -> float:
+            start = now()
+            self.pooled(x, batch=batch)
+            return now() - start
+
+        return float(median(one() for _ in range(repeats))) / len(x)

@@ -1,9 +1,10 @@
 """Portable profiler of an EENN's pieces with onnxruntime: numpy and onnxruntime only.
 
-This one file is copied into a profiling kit (``python -m search.profile +profile.kit=true``)
-next to ``kit.json``, one ONNX graph per backbone segment and per head (float32 and, where
-written, int8 QDQ), ``nop.onnx`` and ``inputs.npy`` (real samples). On the target device (a Raspberry
-Pi, a Jetson) run::
+This one file is copied into a profiling kit (``python -m search.profile
++profile.kit=true`` or ``python -m search.deploy.export RUN --profile-kit``) next to
+``kit.json``, one ONNX graph per backbone segment and per head
+(float32 and, where written, int8 QDQ), ``nop.onnx`` and ``inputs.npy`` (real samples). On
+the target device (a Raspberry Pi, a Jetson) run::
 
     python3 profile_kit.py KIT_DIR --out profile.json [--batches 1 64] [--threads 1]
 
