@@ -76,23 +76,24 @@ def time_chain(segments: list[Callable[[Any], Any]], heads: list[list[Callable[[
                x: Any, *, repeats: int, clock: str = "wall") -> tuple[Any, Any]:
     """Times of every segment and head in context: ((S, 2), (C, H, 2)) median and spread.
 
-    A pass runs the segments in order with head ``h`` after every candidate, timing each call
-    on its own, as a path through the EENN runs them (caches hold the previous piece's data,
-    not the same piece's); one pass per head, ``repeats`` times after a warm-up pass. A
-    segment gets ``repeats x H`` samples, a head ``repeats``.
+    Segments: passes along the backbone, each call timed on its own, as a path runs them
+    (caches hold the previous piece's data, not the same piece's). Heads: passes with head
+    ``h`` after every candidate, one pass per head. ``repeats`` passes of each kind after a
+    warm-up pass.
     """
     now = CLOCKS[clock]
-    n_h = len(heads[0]) if heads else 1
+    n_h = len(heads[0]) if heads else 0
     seg_t: list[list[float]] = [[] for _ in segments]
     head_t: list[list[list[float]]] = [[[] for _ in row] for row in heads]
     for rep in range(repeats + 1):
-        for h in range(n_h):
+        for h in range(-1, n_h):  # -1: the segments alone
             a = x
             for i, seg in enumerate(segments):
                 start = now()
                 a = seg(a)
-                seg_t[i].append(now() - start)
-                if i < len(heads):
+                if h < 0:
+                    seg_t[i].append(now() - start)
+                elif i < len(heads):
                     start = now()
                     heads[i][h](a)
                     head_t[i][h].append(now() - start)
