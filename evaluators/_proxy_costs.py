@@ -43,8 +43,8 @@ class CostTables:
     flash: F64  # (D,)
     ram: F64  # (D,)
     # profiled devices only (zero elsewhere): per-call overhead when a path enters the device,
-    # and the call saved when a segment runs in the previous segment's stage; (D, 2) = energy,
-    # latency
+    # (D, 2) = energy, latency; and what is saved when segment s runs in the previous
+    # segment's call, (D, S, 2)
     enter: F64
     merge: F64
 
@@ -61,10 +61,15 @@ class CostTables:
         head = np.stack([_prices(d, head_macs.ravel(),
                                  None if d.measured is None else d.measured.head_s.ravel())
                          for d in devices]).reshape(len(devices), *head_macs.shape, 2)
-        calls = np.array([[(0.0, 0.0), (0.0, 0.0)] if d.measured is None else
-                          [(d.static_power_w * x / d.measured.batch, x / d.measured.batch)
-                           for x in (d.measured.call_s, d.measured.stage_call_s)]
-                          for d in devices]).reshape(len(devices), 2, 2)
+        enter = np.zeros((len(devices), 2))
+        merge = np.zeros((len(devices), n_c + 1, 2))
+        for i, d in enumerate(devices):
+            if d.measured is not None:
+                per = np.array([d.measured.call_s] + [d.measured.merge_saving_s(s)
+                                                      for s in range(1, n_c + 1)])
+                per /= d.measured.batch
+                enter[i] = (d.static_power_w * per[0], per[0])
+                merge[i, 1:, 0], merge[i, 1:, 1] = d.static_power_w * per[1:], per[1:]
         link = np.zeros((len(platform.links), n_c + 2, 2))
         for i, lk in enumerate(platform.links):
             for b in range(n_c + 1):
@@ -80,7 +85,7 @@ class CostTables:
             width=np.array([d.activation_bytes_per_element for d in devices], dtype=np.int64),
             flash=np.array([d.flash_bytes for d in devices], dtype=np.float64),
             ram=np.array([d.ram_bytes for d in devices], dtype=np.float64),
-            enter=calls[:, 0], merge=calls[:, 1],
+            enter=enter, merge=merge,
         )
 
 
@@ -127,8 +132,9 @@ def _calls(tab: CostTables, dev: I64, heads: I64, kind: int) -> F64:
     enters[:, 1:] = dev[:, 1:] != dev[:, :-1]
     merged = np.zeros(dev.shape, dtype=bool)
     merged[:, 1:] = ~enters[:, 1:] & (heads < 0)
+    seg = np.broadcast_to(np.arange(dev.shape[1]), dev.shape)
     return np.asarray(np.where(enters, tab.enter[dev, kind], 0.0)
-                      - np.where(merged, tab.merge[dev, kind], 0.0), dtype=np.float64)
+                      - np.where(merged, tab.merge[dev, seg, kind], 0.0), dtype=np.float64)
 
 
 def population_costs(tab: CostTables, heads: I64, boundaries: I64) -> PopulationCosts:

@@ -92,7 +92,7 @@ def _segment_cost(device: Device, costs: BackboneCosts, seg: int, *, enters: boo
                              "price paths with the prepared platform")
         return compute_cost(device, float(costs.segment_macs[seg]))
     t = float(table.segment_s[seg]) + (table.call_s if enters else 0.0)
-    t -= table.stage_call_s if merged else 0.0
+    t -= table.merge_saving_s(seg) if merged else 0.0
     return measured_cost(device, t / table.batch)
 
 

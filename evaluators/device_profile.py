@@ -11,8 +11,10 @@ of
 - ``head_s[c][h]``: head ``h`` at candidate ``c`` with its pooling and the exit decision
   (confidence, threshold test, the survivors' activation gathered);
 - ``call_s``: the fixed cost of one EENN call (bookkeeping, the final decision);
-- ``stage_call_s``: the cost of one module / session call, saved when consecutive segments
-  run as one stage (no exit between them).
+- ``stage_call_s``: the cost of one module / session call, and ``handoff_s[c]`` that of
+  handing candidate ``c``'s activation from one call to the next (onnxruntime copies a
+  session's output; zero in torch): both are saved where consecutive segments run as one
+  stage (no exit between them), see :meth:`ProfileTable.merge_saving_s`.
 
 The same file comes from ``python -m search.profile`` (on this machine) or from the portable
 kit (``search/deploy/_profile_kit.py``) run on the target device. :func:`stage_seconds` and
@@ -102,6 +104,12 @@ class ProfileTable:
     head_spread_s: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
     repeats: int = 0
     clock: str = "wall"  # wall-clock, or "cpu": the timing thread's CPU time (a shared machine)
+    handoff_s: NDArray[np.float64] | None = None  # (C,); None: zero
+
+    def merge_saving_s(self, seg: int) -> float:
+        """Seconds per call saved when segment ``seg`` (>= 1) runs in the previous one's call."""
+        handoff = 0.0 if self.handoff_s is None else float(self.handoff_s[seg - 1])
+        return self.stage_call_s + handoff
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -113,7 +121,8 @@ class ProfileTable:
                 "call_s": self.call_s,
                 "stage_call_s": self.stage_call_s, "segment_s": self.segment_s.tolist(),
                 "head_s": self.head_s.tolist(), "segment_spread_s": self.segment_spread_s.tolist(),
-                "head_spread_s": self.head_spread_s.tolist()}
+                "head_spread_s": self.head_spread_s.tolist(),
+                **({} if self.handoff_s is None else {"handoff_s": self.handoff_s.tolist()})}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -226,6 +235,8 @@ def _table(raw: Any, n_c: int, n_h: int, where: str) -> ProfileTable:
                                                                         where=where),
         segment_spread_s=_seconds(spread_s, (n_c + 1,), where=where, key="segment_spread_s"),
         head_spread_s=_seconds(spread_h, (n_c, n_h), where=where, key="head_spread_s"),
+        handoff_s=(None if raw.get("handoff_s") is None else
+                   _seconds(raw["handoff_s"], (n_c,), where=where, key="handoff_s")),
     )
 
 
@@ -268,7 +279,8 @@ def stage_seconds(table: ProfileTable, *, first: int, last: int,
                   head: tuple[int, int] | None = None) -> float:
     """Seconds per sample of one stage: segments ``first..last`` run as one call, then the head
     ``(candidate, head)`` at its end (if any) with its decision."""
-    segs = float(table.segment_s[first:last + 1].sum()) - (last - first) * table.stage_call_s
+    segs = float(table.segment_s[first:last + 1].sum())
+    segs -= sum(table.merge_saving_s(s) for s in range(first + 1, last + 1))
     extra = float(table.head_s[head]) if head is not None else 0.0
     return (segs + extra) / table.batch
 

@@ -16,7 +16,10 @@ What is timed is what the reference runner (``search/deploy/_onnx_runner.py``) d
 segment is one session run; a head is one session run plus the exit decision in numpy
 (confidence, threshold test, the survivors' activation copied) less one session call, since
 in a deployed stage the head shares its segment's session; ``stage_call_s`` is a trivial
-session's call, saved when segments merge into one stage; ``call_s`` is the per-batch
+session's call and ``handoff_s`` what else a graph boundary at each candidate costs (timed as
+two segments alone against the two as one graph: onnxruntime converts layouts and hands the
+output over at a boundary), both saved when segments merge into one stage;
+``call_s`` is the per-batch
 bookkeeping and the final decision. Segments and heads are timed in context
 (:func:`time_chain`): in passes along the backbone with a head after every candidate.
 """
@@ -175,6 +178,23 @@ def _call_fn(x: Any, n_classes: int) -> Callable[[], Any]:
     return go
 
 
+def _handoffs(kit: Path, files: dict[str, Any], acts: list[Any], threads: int,
+              timer: Callable[[Callable[[], Any]], tuple[float, float]],
+              stage_call: float) -> list[float]:
+    """Per candidate ``c``: what running segments ``c`` and ``c+1`` as one graph saves beyond
+    one session call (onnxruntime converts layouts and hands an output over at every graph
+    boundary): both alone minus the pair, each timed alone."""
+    out = []
+    for c, pair in enumerate(files.get("pairs") or []):
+        first, second = (_segment_fn(_session(kit / files["segments"][i], threads))
+                         for i in (c, c + 1))
+        both = _segment_fn(_session(kit / pair, threads))
+        alone = (timer(functools.partial(first, acts[c]))[0]
+                 + timer(functools.partial(second, acts[c + 1]))[0])
+        out.append(max(alone - timer(functools.partial(both, acts[c]))[0] - stage_call, 0.0))
+    return out or [0.0] * (len(acts) - 2)
+
+
 def measure(kit: Path, *, precision: str, batch: int, repeats: int, threads: int,
             clock: str = "wall") -> dict[str, Any]:
     """One profile table (a mapping) of the kit's pieces at ``batch``."""
@@ -191,12 +211,13 @@ def measure(kit: Path, *, precision: str, batch: int, repeats: int, threads: int
     nop_x = np.zeros((batch, 1), dtype=np.float32)
     timer = functools.partial(time_call, repeats=repeats, clock=clock)
     stage_call = timer(lambda: _run(nop, nop_x))[0]
+    handoff = _handoffs(kit, files, acts, threads, timer, stage_call)
     call = timer(_call_fn(acts[0], int(meta["num_classes"])))[0]
     return {"runtime": "onnxruntime", "precision": precision, "batch": batch, "threads": threads,
             "repeats": repeats, "clock": clock, "call_s": call, "stage_call_s": stage_call,
             "segment_s": segs[:, 0].tolist(), "segment_spread_s": segs[:, 1].tolist(),
             "head_s": np.maximum(head_t[..., 0] - stage_call, 0.0).tolist(),
-            "head_spread_s": head_t[..., 1].tolist()}
+            "head_spread_s": head_t[..., 1].tolist(), "handoff_s": handoff}
 
 
 def machine(threads: int) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``python -m search.profile +profile.kit=true`` (or :func:`write_kit`) writes
 ``kit.json``, ``segment<s>.onnx`` (input -> candidate 0, ..., last candidate -> logits),
 ``head<c>_<h>.onnx`` (head ``h`` at candidate ``c`` with its pooling as matrix products, as
-:mod:`search.deploy.export` exports heads), with ``--int8`` also their QDQ int8 graphs
+:mod:`search.deploy.export` exports heads), ``pair<c>.onnx`` (segments ``c`` and ``c+1``
+as one graph: what a stage without an exit at candidate ``c`` saves), with ``--int8`` also their QDQ int8 graphs
 (calibrated on the kit's inputs, as ``search.deploy.export --int8`` quantises stages),
 ``nop.onnx``, ``inputs.npy`` (real samples) and ``profile_kit.py``, the single-file profiler
 that needs only numpy and onnxruntime (:mod:`search.deploy._profile_kit`).
@@ -92,11 +93,14 @@ def write_kit(subject: ProfileSubject, out: Path, *, int8: bool = False,
     with torch.no_grad():
         for seg in segments:
             acts.append(seg(acts[-1]))
-    files: dict[str, Any] = {"fp32": {"segments": [], "heads": []}}
+    files: dict[str, Any] = {"fp32": {"segments": [], "heads": [], "pairs": []}}
     if int8:
-        files["int8"] = {"segments": [], "heads": []}
+        files["int8"] = {"segments": [], "heads": [], "pairs": []}
     for s, seg in enumerate(segments):
         _piece(seg, acts[s], out, f"segment{s}", files, "segments", int8)
+    for s in range(len(segments) - 1):  # what merging two segments into one graph saves
+        pair = nn.Sequential(segments[s], segments[s + 1])
+        _piece(pair, acts[s], out, f"pair{s}", files, "pairs", int8)
     for c in range(len(subject.candidates)):
         for key in files:
             files[key]["heads"].append([])

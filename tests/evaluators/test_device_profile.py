@@ -49,6 +49,10 @@ def test_path_seconds_by_hand() -> None:
     got = path_seconds(TABLE, exits=[(1, 0), (2, 1)])
     np.testing.assert_allclose(got, [0.036, 0.079, 0.168])
     assert stage_seconds(replace(TABLE, batch=4), first=3, last=4) == pytest.approx(0.089 / 4)
+    # a hand-over of candidate c's activation (onnxruntime copies it) is saved with the call
+    handed = replace(TABLE, handoff_s=np.array([2.0, 3.0, 4.0, 5.0]) * 1e-3)
+    np.testing.assert_allclose(path_seconds(handed, exits=[(1, 0), (2, 1)]),
+                               [0.036 - 0.002, 0.079 - 0.002, 0.168 - 0.002 - 0.005])
 
 
 def test_hand_made_profile_prices_the_proxy_and_path_costs() -> None:
@@ -71,7 +75,7 @@ def test_hand_made_profile_prices_the_proxy_and_path_costs() -> None:
 def test_proxy_equals_scalar_costs_on_random_configs_with_a_throughput_table() -> None:
     rng = np.random.default_rng(3)
     costs, split = synthetic_costs(c=C, h=H, seed=0), synthetic_split(n=200, c=C, h=H, seed=2)
-    platform = _host(replace(TABLE, batch=8))
+    platform = _host(replace(TABLE, batch=8, handoff_s=rng.random(C) * 1e-3))
     configs = []
     for _ in range(30):
         on = np.flatnonzero(rng.random(C) < 0.5)
