@@ -1,11 +1,12 @@
 """Write a profiling kit: every segment and head of a model as ONNX, plus the profiler.
 
-``python -m search.profile +profile.kit=true`` (or :func:`write_kit`) writes
-``kit.json``, ``segment<s>.onnx`` (input -> candidate 0, ..., last candidate -> logits),
-``head<c>_<h>.onnx`` (head ``h`` at candidate ``c`` with its pooling as matrix products, as
-:mod:`search.deploy.export` exports heads), ``pair<c>.onnx`` (segments ``c`` and ``c+1``
-as one graph: what a stage without an exit at candidate ``c`` saves), with ``--int8`` also their QDQ int8 graphs
-(calibrated on the kit's inputs, as ``search.deploy.export --int8`` quantises stages),
+``python -m search.profile +profile.kit=true``, ``python -m search.deploy.export RUN
+--profile-kit`` or :func:`write_kit` write ``kit.json``, ``segment<s>.onnx`` (input ->
+candidate 0, ..., last candidate -> logits), ``head<c>_<h>.onnx`` (head ``h`` at candidate
+``c`` with its pooling as matrix products, as :mod:`search.deploy.export` exports heads),
+``pair<c>.onnx`` (segments ``c`` and ``c+1`` as one graph: what a stage without an exit at
+candidate ``c`` saves), with ``int8`` also their QDQ int8 graphs (calibrated on the kit's
+inputs, as ``search.deploy.export --int8`` quantises stages),
 ``nop.onnx``, ``inputs.npy`` (real samples) and ``profile_kit.py``, the single-file profiler
 that needs only numpy and onnxruntime (:mod:`search.deploy._profile_kit`).
 """
