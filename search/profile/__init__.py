@@ -11,8 +11,8 @@ file format, its checks and path pricing live in :mod:`evaluators.device_profile
 
 from __future__ import annotations
 
-from search.profile._subject import ProfileSubject
+from search.profile._subject import ProfileSubject, subject_of
 from search.profile.measure import ProfileSettings, host_profile, measure_profile, price_platform
 
 __all__ = ["ProfileSettings", "ProfileSubject", "host_profile", "measure_profile",
-           "price_platform"]
+           "price_platform", "subject_of"]
