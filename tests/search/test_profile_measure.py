@@ -140,8 +140,10 @@ def test_platform_host_runs_end_to_end(tmp_path_factory: pytest.TempPathFactory)
     device = summary["platform"]["devices"][0]
     assert device["priced_by"].startswith("measured profile")
     assert "no power meter" in device["energy"]
-    (profile_file,) = (cache / "device_profiles").glob("*.json")
-    table = load_profile(profile_file).table("torch", "fp32", 1)
+    # the profile platform=host measured (other tests may cache other profiles beside it)
+    (profile,) = [p for p in map(load_profile, (cache / "device_profiles").glob("*.json"))
+                  if [t.key for t in p.tables] == [("torch", "fp32", 1)]]
+    table = profile.table("torch", "fp32", 1)
     assert summary["backbone"]["latency_s_first"] == pytest.approx(
         path_seconds(table, exits=[])[0])
     assert summary["backbone"]["energy_j_first"] == pytest.approx(
