@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from evaluators.graph import trace
 from evaluators.heads import ExitHead
 from search.deploy import _profile_kit
-from search.deploy.export import _MatrixPool
+from search.deploy._pooling import MatrixPool
 from search.deploy.runtime import split_graph
 from search.profile._subject import ProfileSubject
 
@@ -44,7 +44,7 @@ class _HeadPiece(nn.Module):
     def __init__(self, head: nn.Module, act_shape: Sequence[int]) -> None:
         super().__init__()
         self.head = head
-        self.pool = _MatrixPool(act_shape, head.pool) if isinstance(head, ExitHead) else None
+        self.pool = MatrixPool(act_shape, head.pool) if isinstance(head, ExitHead) else None
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.head(self.pool(x) if self.pool is not None else x)
