@@ -21,6 +21,7 @@ reference runner's stage loop at batch 1 and pooled at ``--batch``
 (:class:`search.deploy._onnx_timing.OnnxEENN`) against the onnxruntime fp32 profile.
 
 Usage: python benchmarks/bench_latency_fidelity.py [--rounds 3] [--clock cpu] [--batch 256]
+[--out results/benchmarks/latency_fidelity.json]
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--b1-samples", type=int, default=200)
     parser.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
     parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.time()
@@ -190,8 +192,8 @@ def main() -> None:
     torch_fig, onnx_fig = _summarise(torch_rounds), _summarise(onnx_rounds)
     out = _report(args, runs, points, configs, torch_fig, onnx_fig, prep)
     out.update({"seconds": time.time() - started, "profiles_per_round": profiles})
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k not in ("points", "profiles_per_round")},
                      indent=1))
 
