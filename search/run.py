@@ -113,7 +113,7 @@ def _summary(prepared: Prepared, result: SearchResult, name: str,
         "head_macs": prepared.costs.head_macs.tolist(),
         "platform": {
             "name": platform.name,
-            "devices": [vars(d) for d in platform.devices],
+            "devices": [d.summary() for d in platform.devices],
             "links": [vars(link) for link in platform.links],
         },
         "chosen_trial": result.chosen_trial,
