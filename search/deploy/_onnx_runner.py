@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["RunnerOutput", "numpy_scores", "run_manifest"]
+__all__ = ["ManifestRunner", "RunnerOutput", "numpy_scores", "run_manifest"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -56,11 +56,14 @@ def numpy_scores(
     return pred, conf.astype(np.float32)
 
 
-def _sessions(manifest: dict[str, Any], folder: Path) -> list[Any]:
+def _sessions(manifest: dict[str, Any], folder: Path, threads: int | None = None) -> list[Any]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:  # pinned (profiling, timing); None: onnxruntime's default
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return [ort.InferenceSession(str(folder / s["file"]), opts, providers=["CPUExecutionProvider"])
             for s in manifest["stages"]]
 
@@ -75,54 +78,68 @@ def _crossing(h: NDArray[Any], bits: list[int], fixed: list[tuple[float, int] | 
     return h
 
 
-def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256,
-                 wire: bool = False) -> RunnerOutput:
-    """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape).
+class ManifestRunner:
+    """A manifest's sessions, loaded once, and the stage loop (:func:`run_manifest`).
 
     ``wire``: activations crossing a link travel in the sending device's precision
     (:func:`search.deploy._wire.encode_tensor`), as the distributed runtime sends them;
     otherwise they stay float32.
     """
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
-    sessions = _sessions(manifest, manifest_path.parent)
-    metric = manifest["decision"]["metric"]
-    bits = [int(d["activation_bits"]) for d in manifest["devices"]]
-    fixed: list[tuple[float, int] | None] = []
-    if wire:
-        from search.deploy._wire import sending_scale
 
-        fixed = [sending_scale(manifest, manifest_path.parent, d) if b <= 8 else None
-                 for d, b in enumerate(bits)]
-    n_exits = len(manifest["exits"])
-    n = len(x)
-    pred = np.zeros(n, dtype=np.int64)
-    taken = np.full(n, n_exits, dtype=np.int64)
-    device = np.zeros(n, dtype=np.int64)
-    conf = np.zeros(n, dtype=np.float32)
-    for lo in range(0, n, batch_size):
-        alive = np.arange(lo, min(lo + batch_size, n))
-        h = np.ascontiguousarray(x[lo : lo + batch_size], dtype=np.float32)
-        at = 0  # the device holding h: the input arises on the first one
-        for stage, sess in zip(manifest["stages"], sessions, strict=True):
-            if not len(alive):
-                break
-            if wire and stage["device"] != at:
-                h = _crossing(h, bits, fixed, at, int(stage["device"]))
-                at = int(stage["device"])
-            got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
-            outs = dict(zip(stage["outputs"], got, strict=True))
-            act = outs.get(stage["activation"]) if stage["activation"] else None
-            if stage["logits"] is None:
-                h = act  # type: ignore[assignment]
-                continue
-            p, c = numpy_scores(outs[stage["logits"]], metric)
-            leave = (np.ones(len(c), dtype=bool) if stage["final"]
-                     else c >= np.float32(stage["exit"]["threshold"]))
-            idx = alive[leave]
-            pred[idx], conf[idx], device[idx] = p[leave], c[leave], stage["device"]
-            taken[idx] = n_exits if stage["final"] else stage["exit"]["index"]
-            alive = alive[~leave]
-            if act is not None:
-                h = np.ascontiguousarray(act[~leave])
-    return RunnerOutput(prediction=pred, exit=taken, device=device, confidence=conf)
+    def __init__(self, manifest_path: Path, *, threads: int | None = None,
+                 wire: bool = False) -> None:
+        manifest_path = Path(manifest_path)
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.sessions = _sessions(self.manifest, manifest_path.parent, threads)
+        self.wire = wire
+        self.bits = [int(d["activation_bits"]) for d in self.manifest["devices"]]
+        self.fixed: list[tuple[float, int] | None] = []
+        if wire:
+            from search.deploy._wire import sending_scale
+
+            self.fixed = [sending_scale(self.manifest, manifest_path.parent, d) if b <= 8
+                          else None for d, b in enumerate(self.bits)]
+
+    def run(self, x: NDArray[Any], *, batch_size: int = 256) -> RunnerOutput:
+        """Run the exported EENN on inputs ``x`` (N, *input shape)."""
+        manifest, sessions = self.manifest, self.sessions
+        metric = manifest["decision"]["metric"]
+        n_exits = len(manifest["exits"])
+        n = len(x)
+        pred = np.zeros(n, dtype=np.int64)
+        taken = np.full(n, n_exits, dtype=np.int64)
+        device = np.zeros(n, dtype=np.int64)
+        conf = np.zeros(n, dtype=np.float32)
+        for lo in range(0, n, batch_size):
+            alive = np.arange(lo, min(lo + batch_size, n))
+            h = np.ascontiguousarray(x[lo : lo + batch_size], dtype=np.float32)
+            at = 0  # the device holding h: the input arises on the first one
+            for stage, sess in zip(manifest["stages"], sessions, strict=True):
+                if not len(alive):
+                    break
+                if self.wire and stage["device"] != at:
+                    h = _crossing(h, self.bits, self.fixed, at, int(stage["device"]))
+                    at = int(stage["device"])
+                got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
+                outs = dict(zip(stage["outputs"], got, strict=True))
+                act = outs.get(stage["activation"]) if stage["activation"] else None
+                if stage["logits"] is None:
+                    h = act  # type: ignore[assignment]
+                    continue
+                p, c = numpy_scores(outs[stage["logits"]], metric)
+                leave = (np.ones(len(c), dtype=bool) if stage["final"]
+                         else c >= np.float32(stage["exit"]["threshold"]))
+                idx = alive[leave]
+                pred[idx], conf[idx], device[idx] = p[leave], c[leave], stage["device"]
+                taken[idx] = n_exits if stage["final"] else stage["exit"]["index"]
+                alive = alive[~leave]
+                if act is not None:
+                    h = np.ascontiguousarray(act[~leave])
+        return RunnerOutput(prediction=pred, exit=taken, device=device, confidence=conf)
+
+
+def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256,
+                 wire: bool = False) -> RunnerOutput:
+    """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape);
+    ``wire``: see :class:`ManifestRunner`."""
+    return ManifestRunner(manifest_path, wire=wire).run(x, batch_size=batch_size)
