@@ -7,8 +7,9 @@ shaped by ``tc tbf`` to the platform's bandwidth and each link's latency added b
 (loopback when namespaces are unavailable, said in ``mode``), and on plain loopback:
 
 - ``low_load``: ``--low-load`` test samples, one in flight: end-to-end latency against the
-  prediction (each stage timed alone with onnxruntime at batch 1 on this host, plus the link
-  model bytes * 8 / bandwidth + latency for each link a sample crosses);
+  prediction (each stage timed alone with onnxruntime at batch 1 on this host, and each stage
+  priced from this host's onnxruntime device profile, :mod:`evaluators.device_profile`; plus
+  the link model bytes * 8 / bandwidth + latency for each link a sample crosses);
 - ``throughput``: every test sample with 8 and 64 in flight (and 1 from ``low_load``);
 - per link: payload bytes per sample on the socket against the manifest, framing apart, and
   in namespaces the bytes on the veth (Ethernet, IP, TCP and ZMTP headers included);
@@ -39,7 +40,7 @@ from _provenance import code_state
 from search import rundir
 from search.deploy import _netns
 from search.deploy.distributed import DeployOptions
-from search.deploy.stream import measure, resolve_point
+from search.deploy.stream import measure, profile_stage_times, resolve_point
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "deploy.json"
 
@@ -78,6 +79,7 @@ def _brief(doc: dict[str, Any]) -> dict[str, Any]:
         "reference_runner": doc["reference_runner"],
         "reference_runner_float_links": doc["reference_runner_float_links"],
         "predicted_latency_s": pred,
+        "predicted_latency_from_profile_s": doc.get("predicted_latency_from_profile_s"),
         "latency_breakdown_median_s": doc["latency_breakdown_median_s"],
         "links": doc["links"], "tiers": doc["tiers"], "shaping": doc.get("shaping"),
     }
@@ -88,8 +90,9 @@ def _point(run_dir: Path, point: str, *, low_load: int, netns: bool) -> dict[str
     manifest = json.loads(pt.manifest.read_text())
     opts = DeployOptions(netns=netns, log_dir=Path(tempfile.mkdtemp(prefix="bench-deploy-")))
     t0 = time.perf_counter()
+    prof = profile_stage_times(run_dir, pt.manifest)
     (low,) = measure(pt.manifest, pt.x[:low_load], pt.y[:low_load] if pt.y is not None
-                     else None, options=opts, windows=[1])
+                     else None, options=opts, windows=[1], profile_times=prof)
     busy = measure(pt.manifest, pt.x, pt.y, options=opts, windows=[8, 64])
     return {
         "trial": pt.trial, "config": manifest["config"],
@@ -116,6 +119,11 @@ def _check(res: dict[str, Any]) -> dict[str, Any]:
             d["answers"]["answered_once"] == d["samples"] == d["answers"]["ok"] for d in docs),
         "low_load_mean_measured_over_predicted": pred.get("mean_ratio_measured_to_predicted"),
         "low_load_mean_measured_over_predicted_with_wire_bytes": pred.get(
+            "mean_ratio_measured_to_predicted_with_wire_bytes"),
+        "low_load_mean_measured_over_profile_prediction": (res["low_load"][
+            "predicted_latency_from_profile_s"] or {}).get("mean_ratio_measured_to_predicted"),
+        "low_load_mean_measured_over_profile_prediction_with_wire_bytes": (res["low_load"][
+            "predicted_latency_from_profile_s"] or {}).get(
             "mean_ratio_measured_to_predicted_with_wire_bytes"),
     }
 

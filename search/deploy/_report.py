@@ -153,13 +153,12 @@ def _tiers(manifest: Mapping[str, Any], trace: NDArray[Any],
 
 def _prediction(manifest: Mapping[str, Any], times: Sequence[float], a: NDArray[Any],
                 latency: NDArray[Any], ok: NDArray[Any], links: list[dict[str, Any]], *,
-                shaped: bool, propagation: bool) -> dict[str, Any]:
+                shaped: bool, propagation: bool, source: str) -> dict[str, Any]:
     """Predicted against measured latency, overall and per answering tier; where the links
     are shaped, also priced with the bytes measured on the wire (headers included)."""
     pred = predicted_latency(manifest, times, a["exit"], shaped=shaped, propagation=propagation)
     out: dict[str, Any] = {
-        "how": "stages timed alone (onnxruntime, batch 1) on this host"
-               + (" + link model bytes*8/bandwidth" if shaped else "")
+        "how": source + (" + link model bytes*8/bandwidth" if shaped else "")
                + (" + link latency" if propagation else ""),
         "predicted": _pct(pred[ok]), "measured": _pct(latency[ok]),
         "mean_ratio_measured_to_predicted":
@@ -183,8 +182,10 @@ def _prediction(manifest: Mapping[str, Any], times: Sequence[float], a: NDArray[
 def deploy_report(*, manifest: Mapping[str, Any], result: Any, labels: NDArray[Any] | None,
                   reference: RunnerOutput | None, reference_float: RunnerOutput | None,
                   times: Sequence[float] | None, mode: str, shaped: bool, propagation: bool,
-                  wire: Sequence[int | None] = ()) -> dict[str, Any]:
-    """The ``deploy.json`` document of one stream (``result``: a StreamResult)."""
+                  wire: Sequence[int | None] = (),
+                  profile_times: Sequence[float] | None = None) -> dict[str, Any]:
+    """The ``deploy.json`` document of one stream (``result``: a StreamResult);
+    ``times``/``profile_times``: each stage's seconds, timed alone / priced from a profile."""
     a = result.answers
     n = len(a)
     ok = a["status"] == w.OK
@@ -222,9 +223,15 @@ def deploy_report(*, manifest: Mapping[str, Any], result: Any, labels: NDArray[A
                         "prediction_mismatches": int((a["pred"][ok] != ref.prediction[ok]).sum()),
                         "exit_mismatches": int((a["exit"][ok] != ref.exit[ok]).sum()),
                         "tier_mismatches": int((a["tier"][ok] != ref.device[ok]).sum())}
-    if times is not None:
-        doc["predicted_latency_s"] = _prediction(manifest, times, a, latency, ok, doc["links"],
-                                                 shaped=shaped, propagation=propagation)
+    for key, stage_s, source in (
+            ("predicted_latency_s", times,
+             "stages timed alone (onnxruntime, batch 1) on this host"),
+            ("predicted_latency_from_profile_s", profile_times,
+             "stages priced from this host's onnxruntime device profile (segments and heads, "
+             "batch 1; evaluators.device_profile.stage_seconds)")):
+        if stage_s is not None:
+            doc[key] = _prediction(manifest, stage_s, a, latency, ok, doc["links"],
+                                   shaped=shaped, propagation=propagation, source=source)
     doc["latency_breakdown_median_s"] = {
         "note": "tierN_other: its queueing, decoding, encoding and (where added) the incoming "
                 "link's latency; linkN_transfer: send to receipt (shaping, TCP, ZeroMQ)",

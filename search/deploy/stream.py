@@ -37,7 +37,7 @@ from search.deploy.distributed import (
     check_manifest,
 )
 
-__all__ = ["DEPLOY", "Point", "main", "measure", "resolve_point"]
+__all__ = ["DEPLOY", "Point", "main", "measure", "profile_stage_times", "resolve_point"]
 
 DEPLOY = rundir.DEPLOY
 
@@ -120,10 +120,38 @@ def resolve_point(run_dir: Path, *, point: str = "chosen", int8: bool = False,
     return Point(trial=trial, manifest=path, x=x, y=y)
 
 
+def profile_stage_times(run_dir: Path, manifest_path: Path) -> list[float]:
+    """Each stage of the manifest priced from this host's onnxruntime device profile
+    (:func:`search.profile.host_profile`: measured once per backbone and cached): the segments
+    it runs as one call, then its head; int8 stages from the int8 table."""
+    from evaluators.device_profile import stage_seconds
+    from search.deploy.evaluate import load_run
+    from search.profile import ProfileSettings, host_profile
+    from search.profile._subject import subject_of
+
+    manifest = check_manifest(manifest_path)
+    precision = ["int8" if st.get("precision") == "int8" else "fp32" for st in manifest["stages"]]
+    run = load_run(Path(run_dir))
+    profile = host_profile(subject_of(run.prepared), ProfileSettings(
+        entries=tuple(f"onnxruntime/{p}" for p in sorted(set(precision))), batches=(1,)),
+        cache_dir=run.settings.cache_dir)
+    names = list(profile.candidates)
+    out, first = [], 0
+    for st, prec in zip(manifest["stages"], precision, strict=True):
+        last = len(names) if st["final"] else names.index(st["activation"] or st["exit"]["at"])
+        head = (int(st["exit"]["candidate"]), int(st["exit"]["head"])) if st["exit"] else None
+        out.append(stage_seconds(profile.table("onnxruntime", prec, 1), first=first, last=last,
+                                 head=head))
+        first = last + 1
+    return out
+
+
 def measure(manifest_path: Path, x: NDArray[Any], y: NDArray[Any] | None, *,
             options: DeployOptions, windows: Sequence[int] = (64,),
-            rate: float | None = None) -> list[dict[str, Any]]:
-    """Deploy once and stream ``x`` once per window; one ``deploy.json`` document each."""
+            rate: float | None = None,
+            profile_times: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Deploy once and stream ``x`` once per window; one ``deploy.json`` document each
+    (``profile_times``: :func:`profile_stage_times`, for a second prediction)."""
     manifest = check_manifest(manifest_path)
     reference = run_manifest(manifest_path, x, wire=True)
     reference_float = run_manifest(manifest_path, x)
@@ -141,7 +169,8 @@ def measure(manifest_path: Path, x: NDArray[Any], y: NDArray[Any] | None, *,
                                            strict=False)] if plan else [])
             doc = deploy_report(manifest=manifest, result=result, labels=y, reference=reference,
                                 reference_float=reference_float, times=times, mode=dep.mode,
-                                shaped=plan is not None, propagation=propagation, wire=wire)
+                                shaped=plan is not None, propagation=propagation, wire=wire,
+                                profile_times=profile_times)
             if plan is not None:
                 doc["shaping"] = [vars(s) for s in plan.shaping]
             docs.append(doc)
@@ -181,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=64, help="samples in flight (default 64)")
     p.add_argument("--no-propagation", action="store_true",
                    help="do not add the links' latency at the receivers (netns)")
+    p.add_argument("--profile", action="store_true",
+                   help="also predict latency from this host's onnxruntime device profile "
+                        "(measured once, cached like python -m search.profile's)")
     p.add_argument("--out", type=Path, default=None, help=f"default: RUN/{DEPLOY}")
     args = p.parse_args(argv)
     # a SIGTERM unwinds like Ctrl-C, so the workers stop and the namespaces go
@@ -192,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            split=args.split, npz=args.npz, limit=args.limit)
         opts = DeployOptions(netns=args.netns, log_dir=args.run / rundir.DEPLOY_LOGS,
                              propagation=False if args.no_propagation else None)
+        prof = profile_stage_times(args.run, pt.manifest) if args.profile else None
         try:
             (doc,) = measure(pt.manifest, pt.x, pt.y, options=opts, windows=[args.window],
-                             rate=args.rate)
+                             rate=args.rate, profile_times=prof)
         except KeyboardInterrupt:
             print("interrupted: the workers are stopped and the namespaces removed; "
                   "nothing was written", file=sys.stderr)

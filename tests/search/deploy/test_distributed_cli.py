@@ -57,7 +57,7 @@ def test_a_point_deploys_and_writes_deploy_json(tiny_run: Path,  # noqa: F811
     out = tiny_run / ("deploy_netns.json" if netns else DEPLOY)
     point = _crossing_point(tiny_run)
     args = [str(tiny_run), "--point", point, "--window", "4", "--out", str(out)]
-    assert main([*args, *(["--netns"] if netns else [])]) == 0
+    assert main([*args, *(["--netns"] if netns else ["--profile"])]) == 0
     doc = json.loads(out.read_text())
     assert doc["mode"] == ("netns" if netns else "loopback") and doc["samples"] == 200
     assert doc["answers"]["ok"] == doc["answers"]["answered_once"] == 200
@@ -68,6 +68,11 @@ def test_a_point_deploys_and_writes_deploy_json(tiny_run: Path,  # noqa: F811
         assert lk["payload_equals_manifest"] is (True if lk["samples"] else None)
     assert 0 <= doc["accuracy"] <= 1 and doc["latency_s"]["ok"]["p99"] > 0
     assert doc["predicted_latency_s"]["predicted"]["p50"] > 0
+    if not netns:  # also priced from this host's device profile (issue 14)
+        prof = doc["predicted_latency_from_profile_s"]
+        assert prof["predicted"]["p50"] > 0 and "device profile" in prof["how"]
+        assert set(prof["by_answering_tier"]) == set(doc["predicted_latency_s"][
+            "by_answering_tier"])
     assert "written:" in capsys.readouterr().out
 
 
