@@ -120,6 +120,8 @@ EVALUATED = "evaluated.csv"  # evaluate: the points run as real EENNs
 EXPORT = "export"  # export: export/trial_<n>/ (export_dir)
 MANIFEST = "manifest.json"  # in an export folder, beside stage<i>_<device>.onnx
 MANIFEST_INT8 = "manifest_int8.json"  # in an export folder, with --int8
+DEPLOY = "deploy.json"  # python -m search.deploy: the distributed run's measurements
+DEPLOY_LOGS = "deploy_logs"  # python -m search.deploy: one log per tier worker
 OPTUNA_DB = "optuna.db"  # the Optuna backends' study when no storage URL is given
 WORKER = "worker.json"  # python -m search.worker
 

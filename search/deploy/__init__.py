@@ -2,8 +2,10 @@
 
 ``python -m search.deploy.evaluate RUN`` runs points with true early exit on val
 and test (:mod:`search.deploy.evaluate`); ``python -m search.deploy.export RUN``
-writes per-device ONNX graphs and a manifest (:mod:`search.deploy.export`).
-Both read a run folder; the search side (``search`` outside this package,
+writes per-device ONNX graphs and a manifest (:mod:`search.deploy.export`);
+``python -m search.deploy RUN`` deploys one as one process per tier and streams samples
+through it (:mod:`search.deploy.stream`, :mod:`search.deploy.distributed`).
+Each reads a run folder; the search side (``search`` outside this package,
 ``spaces``, ``evaluators``) never imports this package.
 
 The names below load on first use (PEP 562): an eager import here would import
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from search.deploy._onnx_runner import RunnerOutput, run_manifest
     from search.deploy._quantize import MANIFEST_INT8, agreement, quantize_manifest
+    from search.deploy.distributed import DeployError, Deployment, DeployOptions, Fault
     from search.deploy.evaluate import compare_exits, evaluate_run, predicted_exits
     from search.deploy.export import ExportError, ExportResult, export_eenn, export_point
     from search.deploy.runtime import (
@@ -36,9 +39,13 @@ if TYPE_CHECKING:
 __all__ = [
     "EENN",
     "MANIFEST_INT8",
+    "DeployError",
+    "DeployOptions",
+    "Deployment",
     "EENNOutput",
     "ExportError",
     "ExportResult",
+    "Fault",
     "RunRecord",
     "RunnerOutput",
     "RuntimeBuildError",
@@ -63,6 +70,7 @@ _HOME = {
     **dict.fromkeys(("ExportError", "ExportResult", "export_eenn", "export_point"), "export"),
     **dict.fromkeys(("MANIFEST_INT8", "agreement", "quantize_manifest"), "_quantize"),
     **dict.fromkeys(("RunnerOutput", "run_manifest"), "_onnx_runner"),
+    **dict.fromkeys(("DeployError", "DeployOptions", "Deployment", "Fault"), "distributed"),
 }
 
 

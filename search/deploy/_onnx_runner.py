@@ -68,13 +68,37 @@ def _sessions(manifest: dict[str, Any], folder: Path, threads: int | None = None
             for s in manifest["stages"]]
 
 
-class ManifestRunner:
-    """A manifest's sessions, loaded once, and the stage loop (:func:`run_manifest`)."""
+def _crossing(h: NDArray[Any], bits: list[int], fixed: list[tuple[float, int] | None],
+              src: int, dst: int) -> NDArray[Any]:
+    """``h`` as it arrives on device ``dst`` from ``src``: through each link's wire precision."""
+    from search.deploy._wire import decode_tensor, encode_tensor
 
-    def __init__(self, manifest_path: Path, *, threads: int | None = None) -> None:
+    for link in range(src, dst):
+        h = decode_tensor(*encode_tensor(h, bits[link], fixed=fixed[link]))
+    return h
+
+
+class ManifestRunner:
+    """A manifest's sessions, loaded once, and the stage loop (:func:`run_manifest`).
+
+    ``wire``: activations crossing a link travel in the sending device's precision
+    (:func:`search.deploy._wire.encode_tensor`), as the distributed runtime sends them;
+    otherwise they stay float32.
+    """
+
+    def __init__(self, manifest_path: Path, *, threads: int | None = None,
+                 wire: bool = False) -> None:
         manifest_path = Path(manifest_path)
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         self.sessions = _sessions(self.manifest, manifest_path.parent, threads)
+        self.wire = wire
+        self.bits = [int(d["activation_bits"]) for d in self.manifest["devices"]]
+        self.fixed: list[tuple[float, int] | None] = []
+        if wire:
+            from search.deploy._wire import sending_scale
+
+            self.fixed = [sending_scale(self.manifest, manifest_path.parent, d) if b <= 8
+                          else None for d, b in enumerate(self.bits)]
 
     def run(self, x: NDArray[Any], *, batch_size: int = 256) -> RunnerOutput:
         """Run the exported EENN on inputs ``x`` (N, *input shape)."""
@@ -89,9 +113,13 @@ class ManifestRunner:
         for lo in range(0, n, batch_size):
             alive = np.arange(lo, min(lo + batch_size, n))
             h = np.ascontiguousarray(x[lo : lo + batch_size], dtype=np.float32)
+            at = 0  # the device holding h: the input arises on the first one
             for stage, sess in zip(manifest["stages"], sessions, strict=True):
                 if not len(alive):
                     break
+                if self.wire and stage["device"] != at:
+                    h = _crossing(h, self.bits, self.fixed, at, int(stage["device"]))
+                    at = int(stage["device"])
                 got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
                 outs = dict(zip(stage["outputs"], got, strict=True))
                 act = outs.get(stage["activation"]) if stage["activation"] else None
@@ -110,6 +138,8 @@ class ManifestRunner:
         return RunnerOutput(prediction=pred, exit=taken, device=device, confidence=conf)
 
 
-def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256) -> RunnerOutput:
-    """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape)."""
-    return ManifestRunner(manifest_path).run(x, batch_size=batch_size)
+def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256,
+                 wire: bool = False) -> RunnerOutput:
+    """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape);
+    ``wire``: see :class:`ManifestRunner`."""
+    return ManifestRunner(manifest_path, wire=wire).run(x, batch_size=batch_size)

@@ -154,7 +154,9 @@ def _links(eenn: EENN, platform: Platform, candidates: Sequence[ExitCandidate],
     for i, (link, b) in enumerate(zip(platform.links, eenn.config.boundaries, strict=True)):
         entry: dict[str, Any] = {"name": link.name, "from": platform.devices[i].name,
                                  "to": platform.devices[i + 1].name, "boundary": b,
-                                 "used": b <= n_c}
+                                 "used": b <= n_c,
+                                 "bandwidth_bits_per_s": link.bandwidth_bits_per_s,
+                                 "latency_s": link.latency_s}
         if b <= n_c:
             shape = input_shape if b == 0 else candidates[b - 1].shape
             tensor = _tensor_info("input" if b == 0 else candidates[b - 1].name, shape)
@@ -383,7 +385,9 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
     )
     x_test = _stack(prep.data.test)
     check, fp32 = _verify(result.manifest_path, eenn, x_test)
-    manifest = {**result.manifest, "trial": trial, "verification_test": check}
+    manifest = {**result.manifest, "trial": trial, "verification_test": check,
+                "run": {"weights_hash": run.summary.get("weights_hash"),
+                        "platform": prep.platform.name}}
     result.manifest_path.write_text(json.dumps(manifest, indent=2))
     if int8:
         _int8(result.manifest_path, calibration=_stack(prep.data.val)[:512].numpy(),
