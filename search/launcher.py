@@ -167,6 +167,11 @@ class QueueWatcher(SlurmInfoWatcher):
             if self.is_done(job_id, mode="cache"):
                 self._finished.add(job_id)
 
+    @property
+    def jobs(self) -> list[str]:
+        """The ids of the jobs watched (array elements as ``<array>_<index>``), sorted."""
+        return sorted(self._registered)
+
     def wait_all(self, poll_s: float = 2.0) -> None:
         """Block until every watched job has ended (polling squeue every ``poll_s``)."""
         while any(not self.is_done(j, mode="cache") for j in self._registered):
@@ -228,7 +233,7 @@ def _unfinished(watcher: QueueWatcher, submitit_folder: str, sweep_dir: str) -> 
     """After every job has ended: those without a result, as one line, and how to resume."""
     watcher.wait_all()
     lost = []
-    for job in sorted(j for j in watcher._registered if "_" in j):
+    for job in (j for j in watcher.jobs if "_" in j):
         folder = Path(submitit_folder.replace("%j", job))
         if not (folder / f"{job}_0_result.pkl").exists():
             state = watcher.get_state(job, mode="cache")

@@ -90,6 +90,7 @@ def _config(node: str, cpus: int, mem_mb: int) -> str:
         "SchedulerType=sched/backfill", "AccountingStorageType=accounting_storage/none",
         "JobAcctGatherType=jobacct_gather/none", "JobCompType=jobcomp/none", "MpiDefault=none",
         "SchedulerParameters=batch_sched_delay=0", "ReturnToService=2", "KillWait=5",
+        "MessageTimeout=60", "UnkillableStepTimeout=180",
         "MinJobAge=900", "InactiveLimit=0", "SlurmdParameters=config_overrides",
         f"StateSaveLocation={ROOT / 'state'}", f"SlurmdSpoolDir={ROOT / 'spool'}",
         f"SlurmctldPidFile={ROOT / 'slurmctld.pid'}", f"SlurmdPidFile={ROOT / 'slurmd.pid'}",

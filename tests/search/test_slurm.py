@@ -55,6 +55,19 @@ def cluster() -> Iterator[SlurmCluster]:
         pytest.skip(f"the single-node SLURM cluster did not start: {err}")
 
 
+@pytest.fixture(autouse=True)
+def _node_up(request: pytest.FixtureRequest) -> None:
+    """Resume the node if an earlier hiccup drained it, so one test's trouble stays its own."""
+    if "cluster" not in request.fixturenames:
+        return
+    running: SlurmCluster = request.getfixturevalue("cluster")
+    state = subprocess.run(["sinfo", "-h", "-n", running.node, "-o", "%T"], env=running.env(),
+                           capture_output=True, text=True, timeout=30, check=False).stdout
+    if "drain" in state:
+        subprocess.run(["scontrol", "update", f"NodeName={running.node}", "State=RESUME"],
+                       env=running.env(), capture_output=True, timeout=30, check=False)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cold cache of this module's own: the first sweep fills it."""
@@ -72,7 +85,10 @@ def _launch(args: list[str], *, cluster: SlurmCluster, cache: Path, cwd: Path,
 
 def _sweep(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     proc = _launch(args, **kw)  # type: ignore[arg-type]
-    out, err = proc.communicate(timeout=600)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()  # a failed or interrupted test leaves no launcher behind
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -82,6 +98,20 @@ def _squeue(cluster: SlurmCluster, fields: str, *ids: str) -> list[list[str]]:
     done = subprocess.run(cmd, env=cluster.env(), capture_output=True, text=True, timeout=30,
                           check=True)
     return [line.split("|") for line in done.stdout.splitlines()]
+
+
+def _ended(cluster: SlurmCluster, array: str) -> list[list[str]]:
+    """The array's elements (id, job id, state, start, end) once SLURM has closed them all.
+
+    A job's result file appears a moment before SLURM records the job's end.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        rows = _squeue(cluster, "%i|%A|%T|%S|%e", array)
+        if all(r[2] not in ("RUNNING", "COMPLETING", "PENDING") for r in rows):
+            return rows
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
 
 
 def _array_of(sweep: Path) -> str:
@@ -130,7 +160,7 @@ def test_sweep_runs_one_job_per_point_shares_the_cache_and_compares(
     array = _array_of(sweep)
     assert "#SBATCH --array=0-2%2" in (sweep / ".submitit" / array /
                                         f"{array}_submission.sh").read_text()
-    rows = _squeue(cluster, "%i|%A|%T|%S|%e", array)
+    rows = _ended(cluster, array)
     assert sorted(r[0] for r in rows) == [f"{array}_{k}" for k in range(3)]
     assert len({r[1] for r in rows}) == 3 and {r[2] for r in rows} == {"COMPLETED"}
     starts, ends = sorted(r[3] for r in rows), sorted(r[4] for r in rows)
