@@ -9,18 +9,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hydra.core.utils import JobReturn
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
-    SlurmLauncher as _SubmititSlurmLauncher,
-)
 
-__all__ = ["SlurmLauncher"]
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+        SlurmLauncher as _SubmititSlurmLauncher,
+    )
+except ImportError:  # hydra-submitit-launcher ([cluster] extra) not installed: no SLURM launcher
+    __all__: list[str] = []
+else:
 
+    class SlurmLauncher(_SubmititSlurmLauncher):  # type: ignore[misc]
+        """submitit's SLURM launcher with a cluster check, squeue states and one-line errors."""
 
-class SlurmLauncher(_SubmititSlurmLauncher):  # type: ignore[misc]
-    """submitit's SLURM launcher with a cluster check, squeue job states and one-line errors."""
+        def launch(self, job_overrides: Sequence[Sequence[str]],
+                   initial_job_idx: int) -> Sequence[JobReturn]:
+            from search.launcher import checked_launch
 
-    def launch(self, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int) -> Sequence[JobReturn]:
-        from search.launcher import checked_launch
+            return checked_launch(self, job_overrides, initial_job_idx, super().launch)
 
-        return checked_launch(self, job_overrides, initial_job_idx, super().launch)
+    __all__ = ["SlurmLauncher"]

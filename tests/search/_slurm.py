@@ -65,8 +65,11 @@ def missing_reason() -> str | None:
 
 def _run(cmd: list[str], conf: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"no answer within {timeout} s")
 
 
 def _node_memory_mb() -> int:

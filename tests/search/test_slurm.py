@@ -14,8 +14,11 @@ does not answer are one-line errors naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,7 +174,10 @@ def test_sweep_runs_one_job_per_point_shares_the_cache_and_compares(
     assert report_main([str(sweep), "--out", str(out)]) == 0
     page = out.read_text()
     assert all(str(sweep / str(k)) in page for k in range(3))
-    assert all(f"search={b}" in page for b in backends)
+    records = json.loads((tmp_path / "cmp.json").read_text())  # the page's records
+    assert sorted(g["label"] for g in records["groups"]) == sorted(f"search={b}" for b in backends)
+    assert sorted(r["folder"] for r in records["runs"]) == [str(sweep / str(k)) for k in range(3)]
+    assert all(r["evaluations"] == 300 and r["front"] for r in records["runs"])
 
 
 def _check_cache_built_once(cache: Path, array: str, sweep: Path) -> None:
@@ -194,7 +200,7 @@ def _check_cache_built_once(cache: Path, array: str, sweep: Path) -> None:
 
 # --- a shared Optuna study on PostgreSQL, one worker per SLURM job, one cancelled --------------
 
-POPULATION, BUDGET = 10, 30
+POPULATION, BUDGET = 10, 60
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +243,20 @@ def _cancel_worker_3(proc: subprocess.Popen[str], sweep: Path, cluster: SlurmClu
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, (f"worker 3 logged nothing within 300 s; queue: "
                                              f"{_squeue(cluster, '%i|%T|%r')}")
-        time.sleep(0.2)
-    subprocess.run(["scancel", f"{_array_of(sweep)}_2"], env=cluster.env(), check=True,
-                   timeout=30)
+        time.sleep(0.05)
+    array = _array_of(sweep)
+    job = f"{array}_2"
+    number = {r[0]: r[1] for r in _squeue(cluster, "%i|%A", array)}[job]
+    # freeze its processes at once (a fast worker would otherwise finish first; SLURM's own
+    # STOP signal leaves a job that scancel cannot end), then cancel it
+    listed = subprocess.run(["scontrol", "listpids", number], env=cluster.env(), check=False,
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    for line in listed.stdout.splitlines()[1:]:
+        if line.split() and line.split()[0].isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), signal.SIGSTOP)
+    subprocess.run(["scancel", job], env=cluster.env(), check=True, timeout=30)
 
 
 @pytest.mark.slow
