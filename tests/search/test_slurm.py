@@ -296,6 +296,9 @@ def test_shared_study_across_jobs_and_a_cancelled_job_resumed(
     frames = [pd.read_parquet(sweep / k / "trials.parquet") for k in ("0", "1", "2")]
     assert _logged(study) == sum((_values(f) for f in frames), Counter())
     assert sum(_logged(study).values()) == 3 * BUDGET
+    print(f"\nshared study: {sum(_logged(study).values())} logged trials, jobs' trials "
+          f"{sum(len(f) for f in frames)}; worker 3 cancelled after {len(before)}, resumed to "
+          f"{len(after)}")
     reported = pd.concat([pd.read_csv(sweep / k / "pareto.csv") for k in ("0", "1", "2")])
     db_front = {tuple(float(v) for v in t.values) for t in study.best_trials}
     assert db_front and db_front == _front(reported[OBJ].to_numpy(float))
