@@ -38,6 +38,7 @@ from evaluators.costs import BackboneCosts
 from evaluators.eenn import METRICS, EENNConfig
 from evaluators.platform import Platform
 from evaluators.predictions import SplitPredictions
+from evaluators.risk import GuaranteeSpec
 
 __all__ = ["OBJECTIVES", "ConfigBatch", "ConstraintSpec", "ProxyEvaluator", "ProxyScores"]
 
@@ -56,12 +57,16 @@ class ConstraintSpec:
     All violations are relative: ``accuracy_drop`` in accuracy units above
     ``max_accuracy_drop``, ``memory`` as the worst bytes/capacity ratio minus 1,
     ``latency`` as worst-case (backbone path) latency / ``max_latency_s`` - 1.
+    ``guarantee``: how the chosen point's drop is certified (:mod:`evaluators.risk`); with a
+    method other than ``uncertified`` the search sees only val's search part and the
+    accuracy constraint above only shapes the front that is then certified.
     """
 
     max_accuracy_drop: float | None = 0.01
     confidence: float = 0.95
     memory: bool = True
     max_latency_s: float | None = None
+    guarantee: GuaranteeSpec = dataclasses.field(default_factory=GuaranteeSpec)
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1.0:
@@ -74,14 +79,16 @@ class ConstraintSpec:
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> ConstraintSpec:
         """Read the ``constraints`` config group; unknown keys and bad values are errors."""
         g = Group.of("constraints", cfg)
-        g.check_keys(["max_accuracy_drop", "confidence", "memory", "max_latency_s"])
+        g.check_keys(["max_accuracy_drop", "confidence", "memory", "max_latency_s",
+                      "guarantee"])
         d = cls()
+        drop = g.number("max_accuracy_drop", d.max_accuracy_drop, low=0.0, optional=True)
         return cls(
-            max_accuracy_drop=g.number("max_accuracy_drop", d.max_accuracy_drop, low=0.0,
-                                       optional=True),
+            max_accuracy_drop=drop,
             confidence=g.number("confidence", d.confidence),
             memory=g.flag("memory", d.memory),
             max_latency_s=g.number("max_latency_s", d.max_latency_s, optional=True),
+            guarantee=GuaranteeSpec.from_mapping(g.values.get("guarantee")).resolve_epsilon(drop),
         )
 
     @property

@@ -29,15 +29,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator
+from evaluators.proxy import OBJECTIVES, ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
+from evaluators.risk import certification_path, path_raises
 from search.backends import History, make_backend
 from search.baselines import manual_configs
-from search.results import TrialLog, scores_to_records, write_results
-from search.rundir import batch_to_json, config_from_json
+from search.results import TrialLog, choose, scores_to_records, write_results
+from search.rundir import PATH_GENERATION, batch_to_json, config_from_json
 from search.settings import SearchSettings
 from spaces.space import EarlyExitSpace
 
-__all__ = ["SearchResult", "run_search"]
+__all__ = ["PATH_GENERATION", "SearchResult", "run_search"]
 
 # asks in a row that bring no EENN not evaluated before: the backend only finds repeats
 _STALE_ASKS = 50
@@ -81,11 +82,7 @@ class _Context:
 
         ``seen`` (config texts of this strategy's logged trials) grows by the new ones.
         """
-        scores = self.evaluator.evaluate(batch)
-        idle = scores.idle_exits(batch)
-        if idle.any():  # same exits taken without them, at lower cost: the EENN to keep
-            batch = batch.without(idle)
-            scores = self.evaluator.evaluate(batch)
+        batch, scores = self.prune(batch)
         F, G = scores.objectives(self.objectives), scores.constraints(self.spec)
         texts = batch_to_json(batch)
         new = []
@@ -104,6 +101,15 @@ class _Context:
         logged = np.zeros(len(F), dtype=bool)
         logged[new] = True
         return F, G, logged
+
+    def prune(self, batch: ConfigBatch) -> tuple[ConfigBatch, ProxyScores]:
+        """``batch`` without its idle exits, and its scores."""
+        scores = self.evaluator.evaluate(batch)
+        idle = scores.idle_exits(batch)
+        if idle.any():  # same exits taken without them, at lower cost: the EENN to keep
+            batch = batch.without(idle)
+            scores = self.evaluator.evaluate(batch)
+        return batch, scores
 
     def seen(self, strategy: str) -> set[str]:
         """Config texts of the trials ``strategy`` has logged (resume included)."""
@@ -149,14 +155,39 @@ def _drive(ctx: _Context, *, strategy: str, settings: SearchSettings, seed: int,
             bar.update(new)
 
 
+def _certification_path(ctx: _Context, strategy: str) -> list[int]:
+    """Log ``strategy``'s certification path; its trial ids, most conservative first.
+
+    The path (:func:`evaluators.risk.certification_path`) starts from the point
+    :func:`search.results.choose` picks on the search part; idle exits are dropped as for
+    every trial, and repeats of logged EENNs keep their trial ids. Empty when that point
+    is not feasible.
+    """
+    base, _ = choose(ctx.log.frame, ctx.objectives, strategy)
+    if base is None or not bool(base["feasible"]):
+        return []
+    raises = path_raises(ctx.spec.guarantee.method)
+    path = ConfigBatch.from_configs(certification_path(config_from_json(str(base["config"])),
+                                                       raises=raises))
+    ctx.record(path, strategy, PATH_GENERATION, ctx.seen(strategy))
+    texts = batch_to_json(ctx.prune(path)[0])
+    df = ctx.log.frame
+    rows = df[df["strategy"] == strategy]
+    trial_of = dict(zip(rows["config"], rows["trial"].astype(int), strict=True))
+    return list(dict.fromkeys(trial_of[t] for t in texts))
+
+
 def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace,
                settings: SearchSettings | Mapping[str, Any], objectives: Sequence[str],
                constraints: Mapping[str, Any] | ConstraintSpec, seed: int, run_dir: Path,
                test_evaluator: ProxyEvaluator | None = None,
+               calibration_evaluator: ProxyEvaluator | None = None,
                progress: bool = True) -> SearchResult:
     """Run the configured search and the reference strategies; write the run folder's results.
 
-    ``settings`` and ``constraints`` are typed settings (a mapping is parsed first).
+    ``settings`` and ``constraints`` are typed settings (a mapping is parsed first). With an
+    active ``constraints.guarantee``, ``evaluator`` holds val's search part and
+    ``calibration_evaluator`` the held-out part that certifies the chosen point.
     """
     if not isinstance(settings, SearchSettings):
         settings = SearchSettings.from_mapping(settings)
@@ -187,12 +218,15 @@ def run_search(*, evaluator: ProxyEvaluator, space: EarlyExitSpace,
                                     n_thresholds=settings.manual_thresholds)
             ctx.record(manual, "manual", 0, set())
             seconds["manual"] = time.perf_counter() - t0
+        path = (_certification_path(ctx, settings.backend) if spec.guarantee.active
+                and calibration_evaluator is not None else [])
     finally:
         ctx.log.flush()  # also on KeyboardInterrupt: nothing evaluated is lost
     records = ctx.log.frame
     chosen = write_results(run_dir, records=records, objectives=objectives,
                            strategy=settings.backend, constraints=spec, evaluator=evaluator,
-                           test_evaluator=test_evaluator)
+                           test_evaluator=test_evaluator,
+                           calibration_evaluator=calibration_evaluator, candidates=path)
     return SearchResult(records=records, strategy=settings.backend, objectives=objectives,
                         constraint_names=spec.names, chosen=chosen, message=chosen["message"],
                         seconds=seconds)

@@ -23,6 +23,13 @@ from numpy.typing import NDArray
 from evaluators._cache import atomic_write
 from evaluators.eenn import EENNConfig, exit_shares
 from evaluators.proxy import ConfigBatch, ConstraintSpec, ProxyEvaluator, ProxyScores
+from evaluators.risk import (
+    GuaranteeSpec,
+    certifiable_epsilon,
+    certify,
+    loss_counts,
+    needed_calibration,
+)
 from search.rundir import (
     CHOSEN,
     PARETO,
@@ -35,8 +42,8 @@ from search.rundir import (
     pareto_flags,
 )
 
-__all__ = ["TrialLog", "choose", "exit_lists", "scores_to_records",
-           "violations", "write_results"]
+__all__ = ["TrialLog", "choose", "choose_certified", "exit_lists", "guarantee_text",
+           "scores_to_records", "violations", "write_results"]
 
 
 def _exit_arrays(batch: ConfigBatch, s: ProxyScores) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -224,6 +231,79 @@ def violations(row: pd.Series, spec: ConstraintSpec) -> tuple[dict[str, float], 
     return broken, relax
 
 
+def _losses(ev: ProxyEvaluator, batch: ConfigBatch) -> NDArray[np.int64]:
+    """Samples of ``ev``'s split the backbone gets right and each EENN of ``batch`` wrong."""
+    s = ev.evaluate(batch)
+    correct = s.exit_correct.sum(axis=1) + s.final_correct
+    return loss_counts(discordant=s.discordant, correct=correct,
+                       backbone_correct=s.backbone_correct)
+
+
+def _not_certified(n_candidates: int, row: pd.Series, *, spec: GuaranteeSpec, level: float,
+                   losses: tuple[int, int], sizes: tuple[int, int]) -> str:
+    """Why nothing was certified, and the calibration size or epsilon that would certify ``row``.
+
+    ``losses`` and ``sizes``: ``row``'s losses and the sample counts on (search, calibration).
+    """
+    eps = float(spec.epsilon or 0.0)
+    rate = sum(losses) / max(sum(sizes), 1)  # both parts: the steadier estimate
+    need = needed_calibration(rate=rate, epsilon=eps, level=level)
+    cheaper = certifiable_epsilon(losses=losses[1], n=sizes[1], level=level)
+    how = (f"needs about {need} calibration samples (constraints.guarantee.calibration_share "
+           f"or more val samples)" if need is not None else
+           f"has a loss rate of {rate:.4f}, not below epsilon: no calibration size certifies it")
+    return (f"no EENN certified: none of the {n_candidates} candidates passed "
+            f"{spec.method} at epsilon={eps:g}, delta={spec.delta:g} on {sizes[1]} calibration "
+            f"samples; the cheapest (trial {int(row['trial'])}) lost {losses[1]} of them "
+            f"(backbone right, EENN wrong): it {how}; or constraints.guarantee.epsilon="
+            f"{math.ceil(cheaper * 1e4) / 1e4:g} would certify it on these samples")
+
+
+def choose_certified(df: pd.DataFrame, objectives: Sequence[str], strategy: str, *,
+                     candidates: Sequence[int], spec: GuaranteeSpec, search: ProxyEvaluator,
+                     calibration: ProxyEvaluator) -> tuple[pd.Series | None, str,
+                                                           dict[str, Any]]:
+    """The cheapest certified one of the ``candidates`` (trial ids in test order).
+
+    ``candidates`` come from the search part alone (:func:`search.loop.run_search`'s
+    certification path: the strategy's cheapest front point with its thresholds raised, most
+    conservative first), so the order is fixed before the calibration data is looked at
+    (:mod:`evaluators.risk`). Returns the row (the cheapest candidate when nothing is
+    certified, or :func:`choose`'s row when there are no candidates), why nothing is
+    certified, and chosen.yaml's ``guarantee`` record.
+    """
+    record: dict[str, Any] = {"method": spec.method, "epsilon": spec.epsilon,
+                              "delta": spec.delta, "n_search": search.n_samples,
+                              "n_calibration": calibration.n_samples,
+                              "candidates": len(candidates), "certified": False,
+                              "drop_bound": None}
+    if not candidates:
+        row, message = choose(df, objectives, strategy)
+        return row, message, record
+    at_trial = pd.Series(np.arange(len(df)), index=df["trial"].to_numpy())
+    rows = df.iloc[at_trial.loc[list(candidates)].to_numpy()]
+    batch = ConfigBatch.from_configs([config_from_json(str(c)) for c in rows["config"]])
+    lost_search, lost_cal = _losses(search, batch), _losses(calibration, batch)
+    cert = certify(losses=lost_cal, n=calibration.n_samples, order=np.arange(len(rows)),
+                   epsilon=float(spec.epsilon or 0.0), delta=spec.delta, method=spec.method)
+    ok = cert.certified
+    pool = rows[ok] if ok.any() else rows
+    costs = [o for o in objectives if o != "error"] or ["error"]
+    row = pool.sort_values([*(f"obj_{o}" for o in costs), "trial"]).iloc[0]
+    at = int(np.flatnonzero(rows["trial"].to_numpy() == row["trial"])[0])
+    record.update({"certified": bool(ok.any()), "n_tested": int(cert.tested.sum()),
+                   "n_certified": int(ok.sum()), "level": cert.level,
+                   "drop_bound": spec.epsilon if ok.any() else None,
+                   "p_value": float(cert.p_values[at]),
+                   "calibration_losses": int(lost_cal[at]), "search_losses": int(lost_search[at]),
+                   "certified_trials": [int(t) for t in rows["trial"].to_numpy()[ok]]})
+    message = "" if ok.any() else _not_certified(
+        len(rows), row, spec=spec, level=cert.level,
+        losses=(int(lost_search[at]), int(lost_cal[at])),
+        sizes=(search.n_samples, calibration.n_samples))
+    return row, message, record
+
+
 def _figures(ev: ProxyEvaluator, cfg: EENNConfig, spec: ConstraintSpec) -> dict[str, Any]:
     batch = ConfigBatch.from_configs([cfg])
     s = ev.evaluate(batch)
@@ -238,28 +318,74 @@ def _figures(ev: ProxyEvaluator, cfg: EENNConfig, spec: ConstraintSpec) -> dict[
             "device_fractions": s.finish_fraction[0].tolist()}
 
 
+def guarantee_text(record: Mapping[str, Any]) -> str:
+    """One line on the chosen point's accuracy-drop bound and how it was obtained."""
+    method = record.get("method", "uncertified")
+    if method == "uncertified":
+        bound = record.get("drop_bound")
+        return ("uncertified: " + (f"drop <= {bound:.4f} by a {record.get('confidence', 0):g} "
+                                   "Wilson bound on the val samples the search selected on "
+                                   "(does not hold after selection)" if bound is not None
+                                   else "no bound"))
+    where = (f"Learn-then-Test {method}, binomial p-values, {record.get('n_calibration')} "
+             "held-out calibration samples")
+    if record.get("certified"):
+        return (f"certified: drop <= {record['epsilon']:g} with probability >= "
+                f"{1 - record['delta']:g} ({where}; p = {record.get('p_value', 0):.3g})")
+    return (f"NOT certified at epsilon={record.get('epsilon')}, delta={record.get('delta')} "
+            f"({where})")
+
+
+def _uncertified(row: pd.Series | None, spec: ConstraintSpec) -> dict[str, Any]:
+    """chosen.yaml's ``guarantee`` without certification: the val Wilson bound, as it is."""
+    return {"method": "uncertified", "confidence": spec.confidence, "certified": False,
+            "drop_bound": (float(row["accuracy_drop_ub"]) if row is not None
+                           and "accuracy_drop_ub" in row.index else None)}
+
+
 def write_results(run_dir: Path, *, records: pd.DataFrame, objectives: Sequence[str],
                   strategy: str, constraints: ConstraintSpec, evaluator: ProxyEvaluator,
-                  test_evaluator: ProxyEvaluator | None = None) -> dict[str, Any]:
-    """Write pareto.csv and chosen.yaml (trials.parquet is the TrialLog's); return chosen."""
+                  test_evaluator: ProxyEvaluator | None = None,
+                  calibration_evaluator: ProxyEvaluator | None = None,
+                  candidates: Sequence[int] = ()) -> dict[str, Any]:
+    """Write pareto.csv and chosen.yaml (trials.parquet is the TrialLog's); return chosen.
+
+    With an active ``constraints.guarantee`` the chosen point is the cheapest one certified
+    among ``candidates`` on ``calibration_evaluator``'s split (:func:`choose_certified`).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     main = (records[(records["strategy"] == strategy) & records["pareto"]] if len(records)
             else records)
     main.to_csv(run_dir / PARETO, index=False)
-    row, message = choose(records, objectives, strategy)
-    chosen: dict[str, Any] = {"strategy": strategy, "feasible": False, "message": message}
+    guarantee = constraints.guarantee
+    if guarantee.active:
+        if calibration_evaluator is None:
+            raise ValueError(f"constraints.guarantee.method={guarantee.method} needs a "
+                             "calibration split; pass calibration_evaluator")
+        row, message, record = choose_certified(
+            records, objectives, strategy, candidates=candidates, spec=guarantee,
+            search=evaluator,
+            calibration=calibration_evaluator)
+    else:
+        row, message = choose(records, objectives, strategy)
+        record = _uncertified(row, constraints)
+    chosen: dict[str, Any] = {"strategy": strategy, "feasible": False, "message": message,
+                              "guarantee": record}
     if row is not None and not bool(row["feasible"]):
         chosen["violations"], chosen["relax"] = violations(row, constraints)
     if row is not None:
         cfg = config_from_json(str(row["config"]))
         chosen.update({
-            "trial": int(row["trial"]), "feasible": bool(row["feasible"]),
+            "trial": int(row["trial"]),
+            "feasible": bool(row["feasible"]) and (record["certified"] or not guarantee.active),
             "objectives": {o: float(row[f"obj_{o}"]) for o in objectives},
             "config": json.loads(config_to_json(cfg)),
             "val": _figures(evaluator, cfg, constraints),
             "test": _figures(test_evaluator, cfg, constraints) if test_evaluator else None,
         })
+        if calibration_evaluator is not None:
+            chosen["calibration"] = _figures(calibration_evaluator, cfg, constraints)
     with open(run_dir / CHOSEN, "w") as fh:
         yaml.safe_dump(chosen, fh, sort_keys=False)
     return chosen

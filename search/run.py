@@ -21,10 +21,12 @@ from rich.table import Table
 from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
 from evaluators.proxy import ProxyEvaluator
+from evaluators.risk import val_parts
 from search.config import ExperimentSettings, parse_config, to_config
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, prepare
 from search.report import write_report
+from search.results import guarantee_text
 from search.rundir import CONFIG, REPORT, SUMMARY_TXT, hypervolume_summary, write_summary
 from spaces.space import build_space
 
@@ -63,6 +65,17 @@ def backbone_reference(prepared: Prepared) -> dict[str, float]:
     }
 
 
+def _status(chosen: Mapping[str, Any]) -> str:
+    """``feasible``; ``not_certified`` (a feasible front, nothing certified); else
+    ``no_feasible_eenn``."""
+    guarantee = chosen.get("guarantee") or {}
+    if chosen.get("feasible"):
+        return "feasible"
+    if guarantee.get("method", "uncertified") != "uncertified" and guarantee.get("candidates"):
+        return "not_certified"
+    return "no_feasible_eenn"
+
+
 def _summary(prepared: Prepared, result: SearchResult, name: str,
              notes: list[str]) -> dict[str, Any]:
     """The run's ``summary.json`` (schema in results/README.md)."""
@@ -70,8 +83,9 @@ def _summary(prepared: Prepared, result: SearchResult, name: str,
     chosen = result.chosen
     return {
         "experiment": name,
-        # what a sweep filters on: "feasible", or "no_feasible_eenn" with what binds
-        "status": "feasible" if chosen.get("feasible") else "no_feasible_eenn",
+        # what a sweep filters on: "feasible", "not_certified", or "no_feasible_eenn"
+        "status": _status(chosen),
+        "guarantee": chosen.get("guarantee", {}),
         "violations": chosen.get("violations", {}),
         "relax": chosen.get("relax", []),
         "notes": notes,
@@ -117,7 +131,8 @@ def _infeasible_text(summary: Mapping[str, Any], message: str) -> str:
     """The lines a run with no feasible EENN opens with ("" when it has one)."""
     if summary["status"] == "feasible":
         return ""
-    parts = ["NO FEASIBLE EENN: " + (message or "nothing was evaluated")]
+    head = "NO CERTIFIED EENN: " if summary["status"] == "not_certified" else "NO FEASIBLE EENN: "
+    parts = [head + (message or "nothing was evaluated")]
     if summary["relax"]:
         parts.append("to admit the closest one, relax: " + "; ".join(summary["relax"]))
     parts += summary["notes"]
@@ -146,6 +161,9 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     ref = summary["backbone"]
     title = (f"chosen point (trial {chosen.get('trial')}, {chosen.get('strategy')})"
              if chosen.get("feasible") else
+             f"NO CERTIFIED EENN - cheapest front point, trial {chosen.get('trial')}, "
+             f"{chosen.get('strategy')} (not a result)"
+             if summary["status"] == "not_certified" else
              f"NO FEASIBLE EENN - closest infeasible trial {chosen.get('trial')}, "
              f"{chosen.get('strategy')} (not a result)")
     table = Table(title=title)
@@ -154,12 +172,13 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     table.add_column("EENN", justify="right")
     table.add_column("change", justify="right")
     val, test = chosen["val"], chosen.get("test") or {}
-    table.add_row(
-        "accuracy (val)",
-        f"{ref['accuracy_val']:.4f}",
-        f"{val['accuracy']:.4f}",
-        f"{100 * (val['accuracy'] - ref['accuracy_val']):+.2f} pt",
-    )
+    parts = [("val search part" if "calibration" in chosen else "val", val),
+             ("val calibration part", chosen.get("calibration") or {})]
+    for where, figures in parts:
+        if figures:
+            base = figures.get("backbone_accuracy", ref["accuracy_val"])
+            table.add_row(f"accuracy ({where})", f"{base:.4f}", f"{figures['accuracy']:.4f}",
+                          f"{100 * (figures['accuracy'] - base):+.2f} pt")
     if test:
         table.add_row(
             "accuracy (test)",
@@ -203,6 +222,7 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
     table.add_row("exits (metric " + config["metric"] + ")", "", escape(exits), "")
     table.add_row("exit distribution (val)", "", shares, "")
     table.add_row("device mapping", "", _mapping_text(config, prepared), "")
+    table.add_row("accuracy guarantee", "", guarantee_text(chosen.get("guarantee") or {}), "")
     return table
 
 
@@ -223,13 +243,18 @@ def run(
     # written once preparation succeeded, so a failing call never overwrites a run's config
     (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
-    space = build_space(settings.space, val=table.val, platform=prepared.platform)
-    notes = [n for n in (settings.constraints.val_size_note(len(table.val.labels)),) if n]
+    search_val, calibration = val_parts(settings.constraints.guarantee, table.val,
+                                        seed=settings.data_seed)
+    space = build_space(settings.space, val=search_val, platform=prepared.platform)
+    notes = [n for n in (settings.constraints.val_size_note(len(search_val.labels)),) if n]
     for note in notes:  # before the search: it cannot find an EENN with an exit
         console.print(f"[bold yellow]warning:[/] {note}")
     grid = space.threshold_grid
     evaluator = ProxyEvaluator(
-        split=table.val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
+        split=search_val, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
+    )
+    calibration_evaluator = None if calibration is None else ProxyEvaluator(
+        split=calibration, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
     )
     test_evaluator = ProxyEvaluator(
         split=table.test, costs=prepared.costs, platform=prepared.platform, threshold_grid=grid
@@ -243,6 +268,7 @@ def run(
         seed=settings.seed,
         run_dir=run_dir,
         test_evaluator=test_evaluator,
+        calibration_evaluator=calibration_evaluator,
         progress=progress,
     )
     summary = _summary(prepared, result, settings.name, notes)

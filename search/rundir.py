@@ -9,7 +9,12 @@ nobody else recomputes a front or a hypervolume.
 
 Schema version: ``summary.json`` carries ``schema_version`` (:data:`SCHEMA_VERSION`).
 A folder without it predates versioning and has the version-1 layout; a newer or
-unknown version is a one-line :class:`RunFolderError` on read.
+unknown version is a one-line :class:`RunFolderError` on read. Version 2 added the
+certified chosen point: ``guarantee`` in ``chosen.yaml`` and ``summary.json`` (method,
+epsilon, delta, calibration size, certified bound; :func:`guarantee_of` reads it from
+either version), the ``status`` value ``not_certified``, ``chosen.yaml``'s
+``calibration`` figures, and certification-path trials (``generation`` -1), one of which
+may be the chosen point while off the front.
 
 Pareto flags: a trial is on the front when it is feasible and no feasible trial
 of the same strategy dominates it (all ``obj_*`` columns, minimised; pymoo's
@@ -69,6 +74,7 @@ __all__ = [
     "MANIFEST_INT8",
     "OPTUNA_DB",
     "PARETO",
+    "PATH_GENERATION",
     "REPORT",
     "SCHEMA_VERSION",
     "SUMMARY_JSON",
@@ -84,6 +90,7 @@ __all__ = [
     "config_to_json",
     "export_dir",
     "front_mask",
+    "guarantee_of",
     "hypervolume_curve",
     "hypervolume_scale",
     "hypervolume_summary",
@@ -96,7 +103,10 @@ __all__ = [
 ]
 
 #: Version of the layout below; written into summary.json, checked by :func:`load_run`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: ``generation`` of the trials on a certification path (evaluators.risk.certification_path)
+PATH_GENERATION = -1
 
 TRIALS = "trials.parquet"  # every evaluated trial (search.results.TrialLog)
 PARETO = "pareto.csv"  # the main strategy's front rows (search.results.write_results)
@@ -326,6 +336,20 @@ def check_schema_version(summary: Mapping[str, Any], *, where: Path) -> int:
             f"{where / SUMMARY_JSON} has schema_version={version!r}, this code reads versions "
             f"1..{SCHEMA_VERSION}; update eenn-search or read it with the release that wrote it")
     return version
+
+
+def guarantee_of(summary: Mapping[str, Any],
+                 chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The chosen point's ``guarantee`` record (``method`` ``uncertified`` for version 1).
+
+    Version 1 folders have none: their bound is ``chosen.yaml``'s val ``accuracy_drop_ub``.
+    """
+    record = summary.get("guarantee") or (chosen or {}).get("guarantee")
+    if record:
+        return dict(record)
+    val = (chosen or {}).get("val") or {}
+    return {"method": "uncertified", "certified": False,
+            "drop_bound": val.get("accuracy_drop_ub")}
 
 
 # --- reading a run back --------------------------------------------------------------------------

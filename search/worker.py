@@ -77,7 +77,9 @@ def _shared_study(search: SearchSettings) -> tuple[str, str]:
 def work(cfg: ExperimentSettings | Mapping[str, Any] | DictConfig, *, run_dir: Path,
          worker: int, progress: bool = True) -> WorkerOutcome:
     """Prepare (cached), then run this worker's share of the shared study into ``run_dir``."""
+    from evaluators.predictions import SplitPredictions
     from evaluators.proxy import ProxyEvaluator
+    from evaluators.risk import val_parts
     from search.loop import run_search
     from search.pipeline import prepare
     from spaces.space import build_space
@@ -93,14 +95,18 @@ def work(cfg: ExperimentSettings | Mapping[str, Any] | DictConfig, *, run_dir: P
     run_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(settings, progress=progress)
     table = prepared.predictions
-    space = build_space(settings.space, val=table.val, platform=prepared.platform)
-    evaluators = [ProxyEvaluator(split=split, costs=prepared.costs, platform=prepared.platform,
-                                 threshold_grid=space.threshold_grid)
-                  for split in (table.val, table.test)]
-    result = run_search(evaluator=evaluators[0], space=space, settings=search,
+    search_val, calibration = val_parts(settings.constraints.guarantee, table.val,
+                                        seed=settings.data_seed)  # the same cut in every worker
+    space = build_space(settings.space, val=search_val, platform=prepared.platform)
+    def scorer(split: SplitPredictions) -> ProxyEvaluator:
+        return ProxyEvaluator(split=split, costs=prepared.costs, platform=prepared.platform,
+                              threshold_grid=space.threshold_grid)
+
+    result = run_search(evaluator=scorer(search_val), space=space, settings=search,
                         objectives=objectives, constraints=settings.constraints,
-                        seed=sampler_seed, run_dir=run_dir, test_evaluator=evaluators[1],
-                        progress=progress)
+                        seed=sampler_seed, run_dir=run_dir, test_evaluator=scorer(table.test),
+                        calibration_evaluator=None if calibration is None else
+                        scorer(calibration), progress=progress)
     outcome = WorkerOutcome(run_dir=run_dir, study_name=study_name, worker=int(worker),
                             sampler_seed=sampler_seed, n_trials=len(result.records))
     (run_dir / WORKER).write_text(json.dumps(

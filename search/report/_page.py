@@ -35,7 +35,8 @@ from search.report._records import (
     get_predicted_measured,
     pareto_table,
 )
-from search.rundir import REPORT, Run, load_run
+from search.results import guarantee_text
+from search.rundir import REPORT, Run, guarantee_of, load_run
 
 __all__ = ["MAX_SELECTABLE", "selectable_trials", "write_report"]
 
@@ -93,8 +94,10 @@ def selectable_trials(front: ParetoFrontInfo) -> list[int]:
 
 
 def _chosen_html(chosen: dict[str, Any]) -> str:
-    """chosen.yaml as a val/test table of its scalar figures, plus any message."""
-    splits = {k: v for k, v in chosen.items() if k in ("val", "test") and isinstance(v, dict)}
+    """chosen.yaml as a val/calibration/test table of its scalar figures, plus any message,
+    opened by the accuracy guarantee in one line."""
+    splits = {k: v for k, v in chosen.items()
+              if k in ("val", "calibration", "test") and isinstance(v, dict)}
     keys = list(
         dict.fromkeys(
             k
@@ -106,10 +109,12 @@ def _chosen_html(chosen: dict[str, Any]) -> str:
     frame = pd.DataFrame(
         {"figure": keys, **{s: [figs.get(k) for k in keys] for s, figs in splits.items()}}
     )
-    facts = {k: v for k, v in chosen.items() if k not in ("val", "test", "config")}
+    facts = {k: v for k, v in chosen.items()
+             if k not in ("val", "calibration", "test", "config")}
     text = html.escape(yaml.safe_dump(facts, sort_keys=False, default_flow_style=None))
     table = table_html(frame, table_id="eenn-chosen") if keys else ""
-    return f"<pre>{text}</pre>{table}"
+    line = html.escape("Accuracy guarantee: " + guarantee_text(guarantee_of({}, chosen)))
+    return f"<p><strong>{line}</strong></p><pre>{text}</pre>{table}"
 
 
 def _infeasible_banner(summary: dict[str, Any]) -> str:
@@ -119,8 +124,10 @@ def _infeasible_banner(summary: dict[str, Any]) -> str:
     broken = "; ".join(f"{k} by {v:.4g}" for k, v in (summary.get("violations") or {}).items())
     relax = "; ".join(summary.get("relax") or [])
     notes = "".join(f"<br>{html.escape(n)}" for n in summary.get("notes") or [])
+    head = ("No certified EENN." if summary.get("status") == "not_certified"
+            else "No feasible EENN.")
     return ('<div class="note" style="border:2px solid crimson;padding:0.6em">'
-            "<strong>No feasible EENN.</strong> "
+            f"<strong>{head}</strong> "
             f"{html.escape(str(summary.get('message') or ''))}"
             + (f"<br>Binding: {html.escape(broken)}" if broken else "")
             + (f"<br>To admit the closest trial, relax: {html.escape(relax)}" if relax else "")
