@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from evaluators.costs import BackboneCosts, compute_cost, link_cost, sent_bytes
-from evaluators.platform import Platform
+from evaluators.platform import Device, Platform
 
 __all__: list[str] = []
 
@@ -42,20 +42,34 @@ class CostTables:
     width: I64  # (D,) bytes per element
     flash: F64  # (D,)
     ram: F64  # (D,)
+    # profiled devices only (zero elsewhere): per-call overhead when a path enters the device,
+    # (D, 2) = energy, latency; and what is saved when segment s runs in the previous
+    # segment's call, (D, S, 2)
+    enter: F64
+    merge: F64
 
     @classmethod
     def build(cls, costs: BackboneCosts, platform: Platform) -> CostTables:
         """Price every segment, head and boundary on every device of ``platform``."""
+        platform.check_priced()
         n_c = costs.n_candidates
         devices = platform.devices
         seg_macs = costs.segment_macs.astype(np.float64)
         head_macs = costs.head_macs.astype(np.float64)
-        seg = np.array([[compute_cost(d, m) for m in seg_macs] for d in devices]).reshape(
-            len(devices), n_c + 1, 2
-        )
-        head = np.array(
-            [[compute_cost(d, m) for m in head_macs.ravel()] for d in devices]
-        ).reshape(len(devices), *head_macs.shape, 2)
+        seg = np.stack([_prices(d, seg_macs, None if d.measured is None else d.measured.segment_s)
+                        for d in devices]).reshape(len(devices), n_c + 1, 2)
+        head = np.stack([_prices(d, head_macs.ravel(),
+                                 None if d.measured is None else d.measured.head_s.ravel())
+                         for d in devices]).reshape(len(devices), *head_macs.shape, 2)
+        enter = np.zeros((len(devices), 2))
+        merge = np.zeros((len(devices), n_c + 1, 2))
+        for i, d in enumerate(devices):
+            if d.measured is not None:
+                per = np.array([d.measured.call_s] + [d.measured.merge_saving_s(s)
+                                                      for s in range(1, n_c + 1)])
+                per /= d.measured.batch
+                enter[i] = (d.static_power_w * per[0], per[0])
+                merge[i, 1:, 0], merge[i, 1:, 1] = d.static_power_w * per[1:], per[1:]
         link = np.zeros((len(platform.links), n_c + 2, 2))
         for i, lk in enumerate(platform.links):
             for b in range(n_c + 1):
@@ -71,7 +85,17 @@ class CostTables:
             width=np.array([d.activation_bytes_per_element for d in devices], dtype=np.int64),
             flash=np.array([d.flash_bytes for d in devices], dtype=np.float64),
             ram=np.array([d.ram_bytes for d in devices], dtype=np.float64),
+            enter=enter, merge=merge,
         )
+
+
+def _prices(device: Device, macs: F64, seconds: F64 | None) -> F64:
+    """(N, 2) energy and latency of N pieces: from MACs, or from measured seconds per call."""
+    if seconds is None:
+        return np.array([compute_cost(device, m) for m in macs]).reshape(len(macs), 2)
+    assert device.measured is not None
+    lat = np.asarray(seconds, dtype=np.float64) / device.measured.batch
+    return np.stack([device.static_power_w * lat, lat], axis=1)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -101,6 +125,18 @@ def _step(seg_t: F64, head_t: F64, link_t: F64, dev: I64, heads: I64, bnd: I64) 
     return padded[:, :n_s]
 
 
+def _calls(tab: CostTables, dev: I64, heads: I64, kind: int) -> F64:
+    """(P, S) per-call terms of profiled devices: + overhead where a path enters a device,
+    - one stage call where a segment runs in its predecessor's stage (no exit between)."""
+    enters = np.ones(dev.shape, dtype=bool)
+    enters[:, 1:] = dev[:, 1:] != dev[:, :-1]
+    merged = np.zeros(dev.shape, dtype=bool)
+    merged[:, 1:] = ~enters[:, 1:] & (heads < 0)
+    seg = np.broadcast_to(np.arange(dev.shape[1]), dev.shape)
+    return np.asarray(np.where(enters, tab.enter[dev, kind], 0.0)
+                      - np.where(merged, tab.merge[dev, seg, kind], 0.0), dtype=np.float64)
+
+
 def population_costs(tab: CostTables, heads: I64, boundaries: I64) -> PopulationCosts:
     """Price P configurations given per-candidate head (-1 = no exit) and boundaries.
 
@@ -114,6 +150,9 @@ def population_costs(tab: CostTables, heads: I64, boundaries: I64) -> Population
     step_m[:, :-1] += np.where(active, tab.head_macs[seg_idx[:-1], np.where(active, heads, 0)], 0)
     step_e = _step(tab.seg_energy, tab.head_energy, tab.link_energy, dev, heads, boundaries)
     step_l = _step(tab.seg_latency, tab.head_latency, tab.link_latency, dev, heads, boundaries)
+    if tab.enter.any() or tab.merge.any():
+        step_e += _calls(tab, dev, heads, 0)
+        step_l += _calls(tab, dev, heads, 1)
     params = np.broadcast_to(tab.seg_params, (n_p, n_c + 1)).copy()
     params[:, :-1] += np.where(active, tab.head_params[seg_idx[:-1], np.where(active, heads, 0)], 0)
     n_d = len(tab.width)

@@ -22,6 +22,7 @@ __all__ = [
     "compute_cost",
     "device_memory",
     "link_cost",
+    "measured_cost",
     "path_costs",
     "sent_bytes",
 ]
@@ -74,6 +75,34 @@ def compute_cost(device: Device, macs: float) -> tuple[float, float]:
     return macs * device.energy_per_mac_j + device.static_power_w * latency, latency
 
 
+def measured_cost(device: Device, seconds: float) -> tuple[float, float]:
+    """(energy J, latency s) of ``seconds`` of measured time on a profiled ``device``: its
+    ``active_power_w`` (``static_power_w`` holds it) times the time."""
+    return device.static_power_w * seconds, seconds
+
+
+def _segment_cost(device: Device, costs: BackboneCosts, seg: int, *, enters: bool,
+                  merged: bool) -> tuple[float, float]:
+    """(energy, latency) of segment ``seg``; a profiled device adds its per-call overhead when
+    the path enters it and saves one call when the segment runs in the previous one's stage."""
+    table = device.measured
+    if table is None:
+        if device.profile is not None:
+            raise ValueError(f"device {device.name!r} names a profile but none was loaded; "
+                             "price paths with the prepared platform")
+        return compute_cost(device, float(costs.segment_macs[seg]))
+    t = float(table.segment_s[seg]) + (table.call_s if enters else 0.0)
+    t -= table.merge_saving_s(seg) if merged else 0.0
+    return measured_cost(device, t / table.batch)
+
+
+def _head_cost(device: Device, costs: BackboneCosts, seg: int, head: int) -> tuple[float, float]:
+    table = device.measured
+    if table is None:
+        return compute_cost(device, float(costs.head_macs[seg, head]))
+    return measured_cost(device, float(table.head_s[seg, head]) / table.batch)
+
+
 def link_cost(link: Link, n_bytes: float) -> tuple[float, float]:
     """(energy J, latency s) of sending ``n_bytes`` over ``link``."""
     latency = link.latency_s + 8.0 * n_bytes / link.bandwidth_bits_per_s
@@ -96,6 +125,8 @@ def path_costs(config: EENNConfig, costs: BackboneCosts, platform: Platform) -> 
     Walks segments ``0..C`` in order, adding each segment's compute on its
     device, each head of an active exit as it is evaluated (a head costs its
     MACs whether or not the sample exits there) and each boundary crossed.
+    A profiled device prices from its measured table instead of its MACs
+    (:mod:`evaluators.device_profile`).
     """
     if len(config.boundaries) != len(platform.links):
         raise ValueError(
@@ -119,11 +150,13 @@ def path_costs(config: EENNConfig, costs: BackboneCosts, platform: Platform) -> 
                 latency += l_s
         device = platform.devices[dev_idx]
         seg_macs = float(costs.segment_macs[seg])
-        e_j, l_s = compute_cost(device, seg_macs)
+        enters = seg == 0 or config.device_of_segment(seg - 1) != dev_idx
+        e_j, l_s = _segment_cost(device, costs, seg, enters=enters,
+                                 merged=not enters and (seg - 1) not in heads_at)
         macs, energy, latency = macs + seg_macs, energy + e_j, latency + l_s
         if seg < n_cand and seg in heads_at:
             h_macs = float(costs.head_macs[seg, heads_at[seg]])
-            e_j, l_s = compute_cost(device, h_macs)
+            e_j, l_s = _head_cost(device, costs, seg, heads_at[seg])
             macs, energy, latency = macs + h_macs, energy + e_j, latency + l_s
             out_m.append(macs)
             out_e.append(energy)

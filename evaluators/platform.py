@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from evaluators.device_profile import PRECISIONS, RUNTIMES, ProfileRef, ProfileTable
 
 __all__ = ["Device", "Link", "Platform", "PlatformError", "platform_from_config"]
 
@@ -21,7 +23,14 @@ class PlatformError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Device:
-    """One compute tier: throughput, energy per MAC, static power and memory."""
+    """One compute tier: throughput, energy per MAC, static power and memory.
+
+    A device that names a ``profile`` (:class:`ProfileRef`) is priced from measured times
+    instead of ``macs_per_second``: its latency comes from the profile's table (``measured``,
+    filled in once the model is known, see :func:`with_measured`) and its energy is
+    ``active_power_w`` times that time (no power meter: an estimate). ``macs_per_second`` may
+    stand beside a profile for reference; it then prices nothing.
+    """
 
     name: str
     macs_per_second: float
@@ -30,11 +39,46 @@ class Device:
     ram_bytes: int
     flash_bytes: int
     activation_bits: int = 32
+    profile: ProfileRef | None = None
+    active_power_w: float | None = None
+    measured: ProfileTable | None = None
 
     @property
     def activation_bytes_per_element(self) -> int:
         """Bytes per activation element at the device's supported bit-width."""
         return max(1, self.activation_bits // 8)
+
+    def with_measured(self, table: ProfileTable) -> Device:
+        """This device priced from ``table`` (the entry its profile reference names)."""
+        return replace(self, measured=table)
+
+    def as_config(self) -> dict[str, Any]:
+        """The device as the platform config would write it (reads back to an equal device)."""
+        keys = ["name", "macs_per_second", "energy_per_mac_j", "static_power_w", "ram_bytes",
+                "flash_bytes", "activation_bits"]
+        if self.profile is None:
+            return {k: getattr(self, k) for k in keys}
+        out: dict[str, Any] = {"name": self.name, "profile": vars(self.profile),
+                               "active_power_w": self.active_power_w}
+        if math.isfinite(self.macs_per_second):
+            out["macs_per_second"] = self.macs_per_second
+        return {**out, **{k: getattr(self, k) for k in keys[4:]}}
+
+    def summary(self) -> dict[str, Any]:
+        """The device as plain values for summary.json (says how it is priced)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in (
+            "name", "macs_per_second", "energy_per_mac_j", "static_power_w", "ram_bytes",
+            "flash_bytes", "activation_bits")}
+        if self.profile is None:
+            out["priced_by"] = "analytic: macs / macs_per_second"
+            return out
+        out.update({"profile": vars(self.profile), "active_power_w": self.active_power_w,
+                    "priced_by": "measured profile (segments, heads with pooling and decision, "
+                                 "per-call overhead)",
+                    "energy": "active_power_w x measured time (no power meter; an estimate)"})
+        if self.measured is not None:
+            out["profile_threads"] = self.measured.threads
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +111,20 @@ class Platform:
     @property
     def n_devices(self) -> int:
         return len(self.devices)
+
+    def with_tables(self, tables: Sequence[ProfileTable | None]) -> Platform:
+        """This platform with every profiled device priced from its measured table."""
+        devices = tuple(d if t is None else d.with_measured(t)
+                        for d, t in zip(self.devices, tables, strict=True))
+        return replace(self, devices=devices)
+
+    def check_priced(self) -> None:
+        """A profiled device whose table was never loaded cannot price anything."""
+        for d in self.devices:
+            if d.profile is not None and d.measured is None:
+                raise PlatformError(f"device {d.name!r} names profile {d.profile.file!r} but no "
+                                    "table was loaded for it; prepare the run (search.pipeline."
+                                    "prepare) before pricing paths")
 
 
 _DEVICE_FIELDS: dict[str, type] = {
@@ -110,7 +168,8 @@ def _entry(entry: Any, fields: Mapping[str, type], *, where: str) -> Mapping[str
     """One device or link mapping, its keys checked."""
     if not isinstance(entry, Mapping):
         raise PlatformError(f"{where}={entry!r} is not a mapping of its figures")
-    known = ["name", *fields, *(["activation_bits"] if "ram_bytes" in fields else [])]
+    device_only = ["activation_bits", "profile", "active_power_w"]
+    known = ["name", *fields, *(device_only if "ram_bytes" in fields else [])]
     unknown = sorted(set(entry) - set(known))
     if unknown:
         raise PlatformError(f"{where} has unknown key {unknown[0]!r}; use {', '.join(known)}")
@@ -150,13 +209,12 @@ def platform_from_config(cfg: Mapping[str, Any]) -> Platform:
         bits = entry.get("activation_bits")  # absent: Device's default
         if bits is not None and (bits not in (8, 16, 32) or isinstance(bits, bool)):
             raise PlatformError(f"{where}.activation_bits={bits!r} must be 8, 16 or 32")
-        devices.append(
-            Device(
-                name=str(entry.get("name", f"device{i}")),
-                **({} if bits is None else {"activation_bits": int(bits)}),
-                **_figures(entry, _DEVICE_FIELDS, where=where),
-            )
-        )
+        figures: dict[str, Any] = (_profiled(entry, where=where)
+                                   if entry.get("profile") is not None
+                                   else _figures(entry, _DEVICE_FIELDS, where=where))
+        if bits is not None:
+            figures["activation_bits"] = int(bits)
+        devices.append(Device(name=str(entry.get("name", f"device{i}")), **figures))
     links = []
     for i, raw in enumerate(_entries(cfg, "links", name)):
         where = _where(name, "link", raw, i)
@@ -168,3 +226,43 @@ def platform_from_config(cfg: Mapping[str, Any]) -> Platform:
             )
         )
     return Platform(name=name, devices=tuple(devices), links=tuple(links))
+
+
+def _profile_ref(raw: Any, *, where: str) -> ProfileRef:
+    """``profile: FILE`` or ``profile: {file, runtime, precision, batch}``."""
+    if isinstance(raw, str):
+        raw = {"file": raw}
+    if not isinstance(raw, Mapping) or not raw.get("file"):
+        raise PlatformError(f"{where}.profile={raw!r}; write profile: <file> (or host) or "
+                            "profile: {file: <file>, runtime: torch, precision: fp32, batch: 1}")
+    unknown = sorted(set(raw) - {"file", "runtime", "precision", "batch"})
+    if unknown:
+        raise PlatformError(f"{where}.profile has unknown key {unknown[0]!r}; use file, runtime, "
+                            "precision, batch")
+    ref = ProfileRef(file=str(raw["file"]), runtime=str(raw.get("runtime", "torch")),
+                     precision=str(raw.get("precision", "fp32")), batch=raw.get("batch", 1))
+    if ref.runtime not in RUNTIMES:
+        raise PlatformError(f"{where}.profile.runtime={ref.runtime!r}; use one of "
+                            f"{', '.join(RUNTIMES)}")
+    if ref.precision not in PRECISIONS or (ref.runtime == "torch" and ref.precision != "fp32"):
+        raise PlatformError(f"{where}.profile.precision={ref.precision!r}; use fp32 (torch) or "
+                            "fp32/int8 (onnxruntime)")
+    if isinstance(ref.batch, bool) or not isinstance(ref.batch, int) or ref.batch < 1:
+        raise PlatformError(f"{where}.profile.batch={ref.batch!r} must be an integer >= 1")
+    return ref
+
+
+def _profiled(entry: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """The figures of a device priced from a profile: energy = active_power_w x time."""
+    ref = _profile_ref(entry["profile"], where=where)
+    for key in ("energy_per_mac_j", "static_power_w"):
+        if entry.get(key) is not None:
+            raise PlatformError(f"{where} names both a profile and {key}; a profiled device's "
+                                f"energy is active_power_w x measured time, drop {key}")
+    need = {k: v for k, v in _DEVICE_FIELDS.items() if k in ("ram_bytes", "flash_bytes")}
+    power = {"active_power_w": float}
+    figures = {**_figures(entry, need, where=where), **_figures(entry, power, where=where)}
+    rate = (_figures(entry, {"macs_per_second": float}, where=where)["macs_per_second"]
+            if entry.get("macs_per_second") is not None else math.nan)
+    return {**figures, "macs_per_second": rate, "energy_per_mac_j": 0.0,  # priced by time
+            "static_power_w": figures["active_power_w"], "profile": ref}

@@ -25,7 +25,7 @@ from evaluators.backbone import BackboneInfo, get_backbone
 from evaluators.costs import BackboneCosts
 from evaluators.data import DataSplits, load_data
 from evaluators.device import resolve_device
-from evaluators.features import FeatureStore, extract_features
+from evaluators.features import FeatureStore, extract_features, iter_batches
 from evaluators.head_training import TrainedHeads, train_heads
 from evaluators.heads import HeadFamily, head_costs
 from evaluators.platform import Platform
@@ -114,6 +114,17 @@ def _prepare(s: ExperimentSettings, *, progress: bool) -> Prepared:
         num_classes=store.num_classes,
     )
     costs = profile.to_backbone_costs(head_macs=macs, head_params=params, head_names=family.names)
+    platform = s.platform
+    if any(d.profile is not None for d in platform.devices):  # measured costs: load or measure
+        from search.profile import price_platform
+        from search.profile._subject import make_subject
+
+        x = torch.cat([b.float() for b, _ in iter_batches(data.val, 256)])[:256]
+        subject = make_subject(
+            model=model, candidates=costs.candidate_names, family_names=family.names,
+            family_members=family.as_config()["members"], pool=store.pool,
+            head_modules=heads.heads, weights_hash=info.weights_hash, x=x)
+        platform = price_platform(platform, subject, cache_dir=s.cache_dir)
     return Prepared(
         data=data,
         model=model,
@@ -124,5 +135,5 @@ def _prepare(s: ExperimentSettings, *, progress: bool) -> Prepared:
         heads=heads,
         predictions=predictions,
         costs=costs,
-        platform=s.platform,
+        platform=platform,
     )

@@ -113,7 +113,7 @@ def _summary(prepared: Prepared, result: SearchResult, name: str,
         "head_macs": prepared.costs.head_macs.tolist(),
         "platform": {
             "name": platform.name,
-            "devices": [vars(d) for d in platform.devices],
+            "devices": [d.summary() for d in platform.devices],
             "links": [vars(link) for link in platform.links],
         },
         "chosen_trial": result.chosen_trial,
@@ -192,7 +192,8 @@ def _final_table(summary: dict[str, Any], chosen: Mapping[str, Any], prepared: P
         f"{val['macs']:.4g}",
         _change(val["macs"], ref["macs"]),
     )
-    for where in ("first", "last"):
+    ends = ("first", "last") if len(prepared.platform.devices) > 1 else ("first",)
+    for where in ends:
         name = prepared.platform.devices[0 if where == "first" else -1].name
         table.add_row(
             f"energy J (backbone on {name})",

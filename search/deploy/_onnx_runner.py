@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["RunnerOutput", "numpy_scores", "run_manifest"]
+__all__ = ["ManifestRunner", "RunnerOutput", "numpy_scores", "run_manifest"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -56,46 +56,60 @@ def numpy_scores(
     return pred, conf.astype(np.float32)
 
 
-def _sessions(manifest: dict[str, Any], folder: Path) -> list[Any]:
+def _sessions(manifest: dict[str, Any], folder: Path, threads: int | None = None) -> list[Any]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:  # pinned (profiling, timing); None: onnxruntime's default
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return [ort.InferenceSession(str(folder / s["file"]), opts, providers=["CPUExecutionProvider"])
             for s in manifest["stages"]]
 
 
+class ManifestRunner:
+    """A manifest's sessions, loaded once, and the stage loop (:func:`run_manifest`)."""
+
+    def __init__(self, manifest_path: Path, *, threads: int | None = None) -> None:
+        manifest_path = Path(manifest_path)
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.sessions = _sessions(self.manifest, manifest_path.parent, threads)
+
+    def run(self, x: NDArray[Any], *, batch_size: int = 256) -> RunnerOutput:
+        """Run the exported EENN on inputs ``x`` (N, *input shape)."""
+        manifest, sessions = self.manifest, self.sessions
+        metric = manifest["decision"]["metric"]
+        n_exits = len(manifest["exits"])
+        n = len(x)
+        pred = np.zeros(n, dtype=np.int64)
+        taken = np.full(n, n_exits, dtype=np.int64)
+        device = np.zeros(n, dtype=np.int64)
+        conf = np.zeros(n, dtype=np.float32)
+        for lo in range(0, n, batch_size):
+            alive = np.arange(lo, min(lo + batch_size, n))
+            h = np.ascontiguousarray(x[lo : lo + batch_size], dtype=np.float32)
+            for stage, sess in zip(manifest["stages"], sessions, strict=True):
+                if not len(alive):
+                    break
+                got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
+                outs = dict(zip(stage["outputs"], got, strict=True))
+                act = outs.get(stage["activation"]) if stage["activation"] else None
+                if stage["logits"] is None:
+                    h = act  # type: ignore[assignment]
+                    continue
+                p, c = numpy_scores(outs[stage["logits"]], metric)
+                leave = (np.ones(len(c), dtype=bool) if stage["final"]
+                         else c >= np.float32(stage["exit"]["threshold"]))
+                idx = alive[leave]
+                pred[idx], conf[idx], device[idx] = p[leave], c[leave], stage["device"]
+                taken[idx] = n_exits if stage["final"] else stage["exit"]["index"]
+                alive = alive[~leave]
+                if act is not None:
+                    h = np.ascontiguousarray(act[~leave])
+        return RunnerOutput(prediction=pred, exit=taken, device=device, confidence=conf)
+
+
 def run_manifest(manifest_path: Path, x: NDArray[Any], *, batch_size: int = 256) -> RunnerOutput:
     """Run the exported EENN of ``manifest_path`` on inputs ``x`` (N, *input shape)."""
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
-    sessions = _sessions(manifest, manifest_path.parent)
-    metric = manifest["decision"]["metric"]
-    n_exits = len(manifest["exits"])
-    n = len(x)
-    pred = np.zeros(n, dtype=np.int64)
-    taken = np.full(n, n_exits, dtype=np.int64)
-    device = np.zeros(n, dtype=np.int64)
-    conf = np.zeros(n, dtype=np.float32)
-    for lo in range(0, n, batch_size):
-        alive = np.arange(lo, min(lo + batch_size, n))
-        h = np.ascontiguousarray(x[lo : lo + batch_size], dtype=np.float32)
-        for stage, sess in zip(manifest["stages"], sessions, strict=True):
-            if not len(alive):
-                break
-            got = sess.run(stage["outputs"], {stage["input"]["name"]: h})
-            outs = dict(zip(stage["outputs"], got, strict=True))
-            act = outs.get(stage["activation"]) if stage["activation"] else None
-            if stage["logits"] is None:
-                h = act  # type: ignore[assignment]
-                continue
-            p, c = numpy_scores(outs[stage["logits"]], metric)
-            leave = (np.ones(len(c), dtype=bool) if stage["final"]
-                     else c >= np.float32(stage["exit"]["threshold"]))
-            idx = alive[leave]
-            pred[idx], conf[idx], device[idx] = p[leave], c[leave], stage["device"]
-            taken[idx] = n_exits if stage["final"] else stage["exit"]["index"]
-            alive = alive[~leave]
-            if act is not None:
-                h = np.ascontiguousarray(act[~leave])
-    return RunnerOutput(prediction=pred, exit=taken, device=device, confidence=conf)
+    return ManifestRunner(manifest_path).run(x, batch_size=batch_size)

@@ -13,6 +13,13 @@ tie at a threshold (:func:`compare_exits`) is a bug. The
 val-to-test difference (``generalisation_gap``) is the thresholds
 generalising to unseen data, not a proxy error. Results go to
 ``evaluated.csv`` beside the trials and to a table on the terminal.
+
+With ``--latency`` (default on) each point's wall-clock is measured on this machine in
+torch (:mod:`search.deploy._latency`): per-sample time at batch 1 and in the pooled
+throughput mode at ``--latency-batch``, beside the time a profile of this machine (measured
+once, cached like ``platform=host``'s) predicts for the exits the same samples took:
+``measured_latency_b1_s``/``predicted_latency_b1_s`` and
+``measured_latency_batch_s``/``predicted_latency_batch_s``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
@@ -39,12 +47,13 @@ from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search import rundir
 from search.config import ExperimentSettings, parse_config
+from search.deploy._latency import latency_figures
 from search.deploy.runtime import RunRecord, build_eenn, run_dataset
 from search.errors import one_line_errors
 from search.pipeline import Prepared, prepare
 
-__all__ = ["EVALUATED", "TIE_TOLERANCE", "LoadedRun", "compare_exits", "evaluate_run",
-           "load_run", "main", "predicted_exits", "select_trials"]
+__all__ = ["EVALUATED", "TIE_TOLERANCE", "LatencyOptions", "LoadedRun", "compare_exits",
+           "evaluate_run", "load_run", "main", "predicted_exits", "select_trials"]
 
 EVALUATED = rundir.EVALUATED
 TIE_TOLERANCE = 1e-6  # |table confidence - threshold| below which float32 kernel noise may flip
@@ -167,6 +176,48 @@ def _figures(record: RunRecord, paths: PathCosts, n_exits: int) -> dict[str, Any
     }
 
 
+@dataclass(frozen=True, kw_only=True)
+class LatencyOptions:
+    """How evaluate measures wall-clock: test samples at batch 1 (the throughput batch runs
+    the whole test split), repeats, throughput batch, threads."""
+
+    samples: int = 200
+    repeats: int = 7
+    batch: int = 256
+    threads: int = 1
+    clock: str = "wall"  # or "cpu": the timing thread's CPU time (a shared machine)
+
+
+def _host_tables(run: LoadedRun, opts: LatencyOptions) -> tuple[Any, Any]:
+    """This machine's torch tables at batch 1 and ``opts.batch`` (measured once, cached)."""
+    from search.profile import ProfileSettings, host_profile
+    from search.profile._subject import subject_of
+
+    batches = tuple(sorted({1, opts.batch}))
+    profile = host_profile(subject_of(run.prepared), ProfileSettings(
+        entries=("torch/fp32",), batches=batches, threads=opts.threads, clock=opts.clock),
+        cache_dir=run.settings.cache_dir)
+    return (profile.table("torch", "fp32", 1),
+            profile.table("torch", "fp32", opts.batch))
+
+
+def _latency_columns(run: LoadedRun, config: EENNConfig, tables: tuple[Any, Any],
+                     opts: LatencyOptions) -> dict[str, Any]:
+    from evaluators.features import iter_batches
+
+    prep = run.prepared
+    eenn = build_eenn(prep.model, config, candidates=prep.profile.candidates,
+                      heads=prep.heads.heads, n_devices=prep.platform.n_devices)
+    x = torch.cat([b.float() for b, _ in iter_batches(prep.data.test, 1024)])
+    f = latency_figures(eenn, x, b1=tables[0], batched=tables[1], repeats=opts.repeats,
+                        samples_b1=opts.samples)
+    return {"measured_latency_b1_s": f.measured_b1_s, "predicted_latency_b1_s": f.predicted_b1_s,
+            "measured_latency_batch_s": f.measured_batch_s,
+            "predicted_latency_batch_s": f.predicted_batch_s, "latency_batch": f.batch,
+            "latency_threads": f.threads, "latency_samples": f.samples,
+            "latency_clock": tables[0].clock}
+
+
 def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> dict[str, Any]:
     """Measured val/test figures of one configuration and its agreement with the proxy."""
     prep = run.prepared
@@ -204,9 +255,14 @@ def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> 
 
 
 def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256,
-                 run: LoadedRun | None = None, write: bool = True) -> pd.DataFrame:
-    """Measure the selected trials of ``run_dir`` on val and test; write ``evaluated.csv``."""
+                 run: LoadedRun | None = None, write: bool = True,
+                 latency: LatencyOptions | None = None) -> pd.DataFrame:
+    """Measure the selected trials of ``run_dir`` on val and test; write ``evaluated.csv``.
+
+    ``latency`` also measures each point's wall-clock against its profile prediction.
+    """
     run = run or load_run(Path(run_dir))
+    tables = _host_tables(run, latency) if latency is not None else None
     strategy = run.summary.get("strategy")
     trial_ids = select_trials(run.trials, run.chosen, points, strategy=strategy)
     by_trial = run.trials.set_index("trial")
@@ -218,6 +274,8 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
         if text not in done:
             config = rundir.config_from_json(text, where=f"{run.run_dir} trial {t}")
             done[text] = _evaluate_config(run, config, batch_size=batch_size)
+            if latency is not None and tables is not None:
+                done[text].update(_latency_columns(run, config, tables, latency))
         rows.append({
             "trial": int(t), "strategy": row["strategy"], "config": text,
             "predicted_accuracy": float(row["accuracy"]),
@@ -250,15 +308,21 @@ def render(df: pd.DataFrame) -> Table:
     """The terminal table: proxy vs measured on val, and generalisation to test."""
     table = Table(title="real EENN on val and test; proxy = predicted on val; "
                         "test-val = generalisation, not proxy error")
+    timed = "measured_latency_b1_s" in df.columns
     for col in ("trial", "acc proxy", "acc val", "acc test", "test-val",
-                "MMACs proxy", "MMACs val", "MMACs test", "exits = proxy"):
+                "MMACs proxy", "MMACs val", "MMACs test", "exits = proxy",
+                *(("us/sample b1 pred/meas", "us/sample batch pred/meas") if timed else ())):
         table.add_column(col, justify="right")
     for r in df.itertuples():
+        times = ((f"{1e6 * r.predicted_latency_b1_s:.0f}/{1e6 * r.measured_latency_b1_s:.0f}",
+                  f"{1e6 * r.predicted_latency_batch_s:.1f}/{1e6 * r.measured_latency_batch_s:.1f}")
+                 if timed else ())
         table.add_row(str(r.trial), f"{r.predicted_accuracy:.4f}", f"{r.measured_accuracy_val:.4f}",
                       f"{r.measured_accuracy_test:.4f}", f"{100 * r.generalisation_gap:+.1f}pt",
                       f"{r.predicted_macs / 1e6:.4f}", f"{r.measured_macs / 1e6:.4f}",
                       f"{r.measured_macs_test / 1e6:.4f}",
-                      _match_text(int(r.exit_mismatches_val), int(r.exit_mismatch_ties_val)))
+                      _match_text(int(r.exit_mismatches_val), int(r.exit_mismatch_ties_val)),
+                      *times)
     return table
 
 
@@ -270,12 +334,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--points", "--point", dest="points", default="pareto",
                         help="all | pareto (default) | chosen | trial ids like 3,17,42")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure wall-clock against the profile prediction (default on)")
+    parser.add_argument("--latency-samples", type=int, default=LatencyOptions.samples)
+    parser.add_argument("--latency-repeats", type=int, default=LatencyOptions.repeats)
+    parser.add_argument("--latency-batch", type=int, default=LatencyOptions.batch)
+    parser.add_argument("--threads", type=int, default=LatencyOptions.threads,
+                        help="torch threads while timing (pinned, recorded)")
+    parser.add_argument("--clock", default=LatencyOptions.clock, choices=["wall", "cpu"],
+                        help="wall-clock, or the timing thread's CPU time (a shared machine)")
     args = parser.parse_args(argv)
     console = Console()
     with one_line_errors():
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
-        df = evaluate_run(args.run, points=args.points, batch_size=args.batch_size)
+        for flag in ("batch_size", "latency_samples", "latency_repeats", "latency_batch",
+                     "threads"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
+        opts = (LatencyOptions(samples=args.latency_samples, repeats=args.latency_repeats,
+                               batch=args.latency_batch, threads=args.threads,
+                               clock=args.clock)
+                if args.latency else None)
+        df = evaluate_run(args.run, points=args.points, batch_size=args.batch_size,
+                          latency=opts)
         console.print(render(df))
         real = df["exit_mismatches_val"] - df["exit_mismatch_ties_val"]
         if (real > 0).any():

@@ -1,6 +1,6 @@
 """Per-device ONNX export of a real EENN, a deployment manifest, and its check.
 
-``python -m search.deploy.export RUN [--point chosen|TRIAL] [--out DIR] [--int8]``
+``python -m search.deploy.export RUN [--point chosen|TRIAL] [--out DIR] [--int8] [--profile-kit]``
 
 Every :class:`search.deploy.runtime.Stage` (one backbone segment and, if an exit sits
 at its end, that exit's head) becomes one ONNX graph; the manifest lists them
@@ -36,11 +36,12 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from evaluators.costs import BackboneCosts, device_memory, path_costs, sent_bytes
-from evaluators.features import iter_batches, pooled_shape
+from evaluators.features import iter_batches
 from evaluators.heads import ExitHead
 from evaluators.platform import Platform
 from search import rundir
 from search.deploy._onnx_runner import RunnerOutput, run_manifest
+from search.deploy._pooling import MatrixPool
 from search.deploy._quantize import MANIFEST_INT8, agreement, quantize_manifest
 from search.deploy.runtime import EENN, Stage
 from spaces.candidates import ExitCandidate
@@ -65,38 +66,6 @@ class ExportResult:
     max_abs_diff: tuple[float, ...]  # per stage
 
 
-def _avg_matrix(size_in: int, size_out: int) -> Tensor:
-    """(out, in) matrix of adaptive average pooling along one axis (PyTorch's bin edges)."""
-    mat = torch.zeros(size_out, size_in)
-    for i in range(size_out):
-        lo, hi = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
-        mat[i, lo:hi] = 1.0 / (hi - lo)
-    return mat
-
-
-class _MatrixPool(nn.Module):
-    """:func:`evaluators.features.pool_features` as matrix products (ONNX MatMul)."""
-
-    rows: Tensor
-    cols: Tensor
-
-    def __init__(self, shape: Sequence[int], pool: int) -> None:
-        super().__init__()
-        out = pooled_shape(shape, pool)
-        self.rank = len(shape)
-        empty = torch.zeros(0)
-        self.register_buffer("rows", _avg_matrix(shape[1], out[1]) if self.rank >= 2 else empty)
-        self.register_buffer("cols", _avg_matrix(shape[2], out[2]).T.contiguous()
-                             if self.rank == 3 else empty)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.rank == 3:  # (N, C, H, W): rows @ x @ cols
-            return torch.matmul(torch.matmul(self.rows, x), self.cols)
-        if self.rank == 2:  # (N, C, L) -> (N, C, L')
-            return torch.matmul(x, self.rows.T)
-        return x
-
-
 class _ExportStage(nn.Module):
     """A stage whose outputs are ``(logits?, activation?)`` as plain tensors."""
 
@@ -105,7 +74,7 @@ class _ExportStage(nn.Module):
         self.segment, self.head, self.final = stage.segment, stage.head, stage.final
         self.emit_activation = emit_activation
         head = stage.head
-        self.pool = _MatrixPool(act_shape, head.pool) if isinstance(head, ExitHead) else None
+        self.pool = MatrixPool(act_shape, head.pool) if isinstance(head, ExitHead) else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         act: Tensor = self.segment(x)
@@ -344,9 +313,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export/trial_<id>")
     parser.add_argument("--int8", action="store_true",
                         help="also write int8 graphs for the int8 devices and manifest_int8.json")
+    parser.add_argument("--profile-kit", action="store_true",
+                        help="also write the portable profiling kit (every segment and head as "
+                             "ONNX, fp32 and int8, and a numpy+onnxruntime profiler) to OUT/kit")
     args = parser.parse_args(argv)
     console = Console()
     with one_line_errors(ExportError):
+        if args.profile_kit:
+            from search.deploy.evaluate import load_run
+            from search.profile._subject import subject_of
+            from search.profile.kit import write_kit
+
+            kit = write_kit(subject_of(load_run(args.run).prepared),
+                            (args.out or Path(args.run) / "export") / "kit", int8=True)
+            console.print(f"profiling kit: {kit} (on the device: python3 profile_kit.py "
+                          f"{kit.name} --out profile.json)")
         result, check = export_point(args.run, point=args.point, out=args.out, int8=args.int8)
         for st in result.manifest["stages"]:
             console.print(f"{st['device_name']:>16}: {st['file']}  "

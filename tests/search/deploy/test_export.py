@@ -15,7 +15,8 @@ from evaluators.eenn import METRICS, EENNConfig, ExitChoice
 from evaluators.features import pool_features
 from evaluators.tables import exit_scores
 from search.deploy._onnx_runner import numpy_scores, run_manifest
-from search.deploy.export import _MatrixPool, export_eenn, verify_runner
+from search.deploy._pooling import MatrixPool as _MatrixPool
+from search.deploy.export import export_eenn, verify_runner
 from search.deploy.runtime import build_eenn, run_dataset
 from tests.search.deploy._eenn_fixture import gap_threshold, setup
 
