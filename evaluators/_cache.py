@@ -5,16 +5,26 @@ An entry is a folder of files plus ``manifest.json``. Files are written under a
 every file) is written last, by atomic rename. An entry without a manifest, or
 whose files do not match it, is incomplete or corrupt: it is removed and
 rebuilt, never read.
+
+Several processes may share one cache folder (the jobs of a sweep): :func:`cache_lock` lets one
+of them build while the others wait, then read what it wrote, so nothing is computed twice and
+no process removes an entry another is still writing. Each holder appends one line to
+``prepare.log`` in the folder (process, SLURM job, when it held the lock): the cache's record
+of who prepared what, when.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,7 @@ from evaluators.hashing import hash_file
 __all__ = [
     "CacheError",
     "atomic_write",
+    "cache_lock",
     "commit_entry",
     "ensure_writable",
     "open_array",
@@ -34,6 +45,8 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+LOCK = ".prepare.lock"
+JOURNAL = "prepare.log"
 _log = logging.getLogger(__name__)
 
 
@@ -141,3 +154,39 @@ def commit_entry(
     text = json.dumps(full, indent=1, sort_keys=True)
     atomic_write(path / MANIFEST, lambda tmp: tmp.write_text(text))
     return full
+
+
+@contextmanager
+def cache_lock(root: Path) -> Iterator[None]:
+    """Hold the cache folder ``root`` exclusively (``flock`` on ``root/.prepare.lock``).
+
+    A process that finds the lock taken logs that it waits, then blocks; the lock is released
+    when the block ends or the process dies. On release, one JSON line goes to
+    ``root/prepare.log``: pid, host, SLURM job (if any), when the lock was acquired and released.
+    """
+    ensure_writable(root)
+    with open(root / LOCK, "a") as handle:
+        asked = time.time()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log.info("another process is preparing cache_dir=%s; waiting for it", root)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        acquired = time.time()
+        try:
+            yield
+        finally:
+            record = {"pid": os.getpid(), "host": socket.gethostname(),
+                      "slurm_job": _slurm_job(), "asked": asked, "acquired": acquired,
+                      "released": time.time()}
+            with open(root / JOURNAL, "a") as journal:
+                journal.write(json.dumps(record) + "\n")
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _slurm_job() -> str | None:
+    """This process's SLURM job id (``<array job>_<task>`` for an array element), if any."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")

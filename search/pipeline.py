@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from evaluators._cache import cache_lock
 from evaluators.backbone import BackboneInfo, get_backbone
 from evaluators.costs import BackboneCosts
 from evaluators.data import DataSplits, load_data
@@ -68,6 +69,11 @@ def prepare(settings: ExperimentSettings | Mapping[str, Any] | DictConfig, *,
     ``config.yaml``) is parsed here first, once.
     """
     s = parse_config(settings)
+    with cache_lock(s.cache_dir):  # the jobs of a sweep share the cache: one builds at a time
+        return _prepare(s, progress=progress)
+
+
+def _prepare(s: ExperimentSettings, *, progress: bool) -> Prepared:
     seed_everything(s.seed)
     dev = resolve_device(s.device)
     data = load_data(s.data, seed=s.data_seed)  # split and backbone: data_seed, not the search's

@@ -124,6 +124,8 @@ def test_slurm_presets_submit_a_valid_sbatch_script(preset: str, gpus: int | Non
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(_SBATCH)
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks it exists
+    # the launcher's pre-check: one partition "gpu" whose node fits both presets
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'gpu|16|131072'\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     script = tmp_path / "submitted.sh"
@@ -134,7 +136,10 @@ def test_slurm_presets_submit_a_valid_sbatch_script(preset: str, gpus: int | Non
          "seed=0,1", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab",
          f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path / 'cache'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode != 0 and "test stand-in, no cluster" in done.stderr, done.stderr[-2000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]  # sbatch's refusal
+    assert lines[0].startswith("error: sbatch refused the sweep (sbatch: error: test stand-in, "
+                               "no cluster); check hydra.launcher.partition")
     params = _launcher(preset, [])
     text = script.read_text()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab",
