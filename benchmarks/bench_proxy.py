@@ -25,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _provenance import code_state  # noqa: E402
+
 from evaluators.costs import device_memory, path_costs  # noqa: E402
 from evaluators.eenn import EENNConfig  # noqa: E402
 from evaluators.proxy import ConfigBatch, ProxyEvaluator  # noqa: E402
@@ -102,6 +104,7 @@ def main() -> None:
     s = ev.evaluate(sub)
     assert np.allclose(acc, s.accuracy) and np.allclose(macs, s.macs), "naive and proxy disagree"
     out = {
+        "code": code_state(),
         "setting": {"val_samples": N, "candidates": C, "heads": H, "devices": D,
                     "threshold_levels": LEVELS, "population": POP, "configs": len(configs),
                     "mean_exits": float(np.mean([len(c.exits) for c in configs]))},
