@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import beta, binom
 
 from evaluators._config import ConfigError, Group
 from evaluators.eenn import EENNConfig, ExitChoice
@@ -220,6 +219,8 @@ def certify(*, losses: NDArray[np.int64], n: int, order: NDArray[np.int64],
     if method not in METHODS[1:]:
         raise ValueError(f"{_KEY}.method={method!r} is not one of {METHODS[1:]}")
     losses = np.asarray(losses, dtype=np.int64)
+    from scipy.stats import binom  # imported here: ~0.6 s that uncertified runs never need
+
     p = np.asarray(binom.cdf(losses, n, epsilon), dtype=np.float64)
     m = len(losses)
     if method == "bonferroni":
@@ -242,6 +243,8 @@ def needed_calibration(*, rate: float, epsilon: float, level: float,
     The smallest ``n`` whose p-value at ``k = floor(rate * n)`` losses reaches ``level``;
     ``None`` when ``rate >= epsilon`` or more than ``limit`` would be needed.
     """
+    from scipy.stats import binom
+
     if rate >= epsilon:
         return None
     lo = 1
@@ -264,6 +267,8 @@ def certifiable_epsilon(*, losses: int, n: int, level: float) -> float:
     """
     if losses >= n:
         return 1.0
+    from scipy.stats import beta
+
     return float(beta.ppf(1.0 - level, losses + 1, n - losses))
 
 

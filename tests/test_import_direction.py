@@ -108,3 +108,18 @@ def test_spaces_never_import_search() -> None:
 
 def test_evaluators_import_neither_spaces_nor_search() -> None:
     assert _violations("evaluators", ("search", "spaces")) == []
+
+
+def test_the_run_entry_leaves_heavy_optional_modules_unimported() -> None:
+    """``import search.run`` (every ``python -m search`` pays it) loads neither scipy.stats
+    (the comparison report's and the guarantee's statistics), onnxruntime, zmq nor the
+    deployment wing: each is imported where it is used."""
+    import subprocess
+    import sys
+
+    heavy = ["scipy.stats", "onnxruntime", "zmq", "search.deploy.runtime"]
+    code = ("import sys, search.run; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == ""
