@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from evaluators.models import build_architecture
 from evaluators.settings import ModelSettings
+from search._console import terminal_console
 from search.config import ExperimentSettings, parse_config
 from spaces import BackboneProfile, profile_backbone
 
@@ -113,7 +113,7 @@ def _print(frame: pd.DataFrame, *, title: str, csv: Path) -> None:
             f"{row.activation_kib_int8:,.1f}",
             f"{row.segment_params:,}",
         )
-    console = Console()
+    console = terminal_console()
     console.print(table)
     a = frame.attrs
     console.print(

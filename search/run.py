@@ -6,7 +6,6 @@ tests call it directly with a composed (and shrunk) config.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from evaluators.costs import path_costs
 from evaluators.eenn import EENNConfig
 from evaluators.proxy import ProxyEvaluator
 from evaluators.risk import val_parts
+from search._console import terminal_console
 from search.config import ExperimentSettings, parse_config, to_config
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, prepare
@@ -236,7 +236,7 @@ def run(
 ) -> RunOutcome:
     """Run the experiment ``cfg`` (parsed here unless it already is) into the folder ``run_dir``."""
     # redirected output has no terminal width: keep names whole instead of rich's 80 columns
-    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    console = console or terminal_console()
     settings = parse_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

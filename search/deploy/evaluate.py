@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import torch
 from numpy.typing import NDArray
-from rich.console import Console
 from rich.table import Table
 
 from evaluators.costs import PathCosts, path_costs
@@ -46,6 +45,7 @@ from evaluators.features import precision_mode
 from evaluators.predictions import SplitPredictions
 from evaluators.proxy import ProxyEvaluator
 from search import rundir
+from search._console import terminal_console
 from search.config import ExperimentSettings, parse_config
 from search.deploy._latency import latency_figures
 from search.deploy.runtime import RunRecord, build_eenn, run_dataset
@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clock", default=LatencyOptions.clock, choices=["wall", "cpu"],
                         help="wall-clock, or the timing thread's CPU time (a shared machine)")
     args = parser.parse_args(argv)
-    console = Console()
+    console = terminal_console()
     with one_line_errors():
         for flag in ("batch_size", "latency_samples", "latency_repeats", "latency_batch",
                      "threads"):

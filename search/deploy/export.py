@@ -40,6 +40,7 @@ from evaluators.features import iter_batches
 from evaluators.heads import ExitHead
 from evaluators.platform import Platform
 from search import rundir
+from search._console import terminal_console
 from search.deploy._onnx_runner import RunnerOutput, run_manifest
 from search.deploy._pooling import MatrixPool
 from search.deploy._quantize import MANIFEST_INT8, agreement, quantize_manifest
@@ -303,7 +304,6 @@ def _stack(dataset: Any) -> Tensor:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; errors are one line on stderr and exit status 2."""
-    from rich.console import Console
 
     from search.errors import one_line_errors
 
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write the portable profiling kit (every segment and head as "
                              "ONNX, fp32 and int8, and a numpy+onnxruntime profiler) to OUT/kit")
     args = parser.parse_args(argv)
-    console = Console()
+    console = terminal_console()
     with one_line_errors(ExportError):
         if args.profile_kit:
             from search.deploy.evaluate import load_run

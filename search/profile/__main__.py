@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from search._console import terminal_console
 from search.config import parse_config
 from search.errors import one_line_errors
 
@@ -45,7 +46,6 @@ def _settings(opts: dict[str, Any]) -> Any:
 @hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Prepare the experiment, measure its profile, write the file (and the kit)."""
-    from rich.console import Console
 
     from evaluators.settings import plain
     from search.pipeline import prepare
@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     from search.profile.kit import write_kit
     from search.threads import apply_cpu_threads
 
-    console = Console()
+    console = terminal_console()
     with one_line_errors():
         raw = dict(plain(cfg))
         opts = dict(raw.pop("profile", None) or {})
