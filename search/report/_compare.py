@@ -38,10 +38,12 @@ from search.report._groups import ConfigDiff, Grouping, group_runs
 from search.report._notes import notes
 from search.report._runs import ReportError
 from search.report._stats import Band, RankTest, Spread, band, rank_tests, spread
+from search.results import guarantee_text
 from search.rundir import (
     HypervolumeScale,
     Run,
     front_mask,
+    guarantee_of,
     hypervolume_curve,
     hypervolume_scale,
     non_dominated,
@@ -65,6 +67,7 @@ class ChosenPoint:
     accuracy: float
     values: tuple[float, ...]
     test_accuracy: float | None
+    guarantee: str  # the accuracy-drop bound and how it was obtained (certified or not)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,7 +182,8 @@ def _chosen(run: Run, objectives: Sequence[str]) -> ChosenPoint | None:
                        accuracy=float(row["accuracy"]),
                        values=tuple(float(row[f"obj_{o}"]) for o in objectives),
                        test_accuracy=None if test.get("accuracy") is None
-                       else float(test["accuracy"]))
+                       else float(test["accuracy"]),
+                       guarantee=guarantee_text(guarantee_of(run.summary, run.chosen)))
 
 
 def _tuples(values: np.ndarray) -> tuple[tuple[float, ...], ...]:

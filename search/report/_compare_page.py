@@ -53,7 +53,8 @@ def _runs_table(c: Comparison) -> pd.DataFrame:
             "evaluations": r.evaluations, "feasible": r.feasible, "hypervolume": r.hypervolume,
             "chosen trial": None if r.chosen is None else r.chosen.trial,
             "chosen accuracy (val)": None if r.chosen is None else r.chosen.accuracy,
-            "chosen accuracy (test)": None if r.chosen is None else r.chosen.test_accuracy}
+            "chosen accuracy (test)": None if r.chosen is None else r.chosen.test_accuracy,
+            "chosen accuracy guarantee": None if r.chosen is None else r.chosen.guarantee}
         for j, o in enumerate(c.objectives):
             if o != "error":
                 row[f"chosen {label(o)}"] = None if r.chosen is None else r.chosen.values[j]

@@ -96,3 +96,5 @@ def test_sweep_of_two_configurations_and_five_seeds(sweep: Path, tmp_path: Path,
     # every run's chosen point is its own
     for run, record in zip(runs, records["runs"], strict=True):
         assert record["chosen"]["trial"] == run.summary["chosen_trial"]
+        # with the rule that gave its accuracy bound (these runs: the uncertified default)
+        assert record["chosen"]["guarantee"].startswith("uncertified: drop <= ")
