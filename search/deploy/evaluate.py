@@ -15,7 +15,8 @@ generalising to unseen data, not a proxy error. Results go to
 ``evaluated.csv`` beside the trials and to a table on the terminal.
 
 With ``--latency`` (default on) each point's wall-clock is measured on this machine in
-torch (:mod:`search.deploy._latency`): per-sample time at batch 1 and in the pooled
+torch (:mod:`search.deploy._latency`), or with ``--runtime onnxruntime`` exported and run by
+onnxruntime (:mod:`search.deploy._onnx_timing`): per-sample time at batch 1 and in the pooled
 throughput mode at ``--latency-batch``, beside the time a profile of this machine (measured
 once, cached like ``platform=host``'s) predicts for the exits the same samples took:
 ``measured_latency_b1_s``/``predicted_latency_b1_s`` and
@@ -47,8 +48,8 @@ from evaluators.proxy import ProxyEvaluator
 from search import rundir
 from search._console import terminal_console
 from search.config import ExperimentSettings, parse_config
-from search.deploy._latency import latency_figures
-from search.deploy.runtime import RunRecord, build_eenn, run_dataset
+from search.deploy._latency import LatencyFigures, latency_figures, predicted_latency
+from search.deploy.runtime import EENN, RunRecord, build_eenn, run_dataset
 from search.errors import one_line_errors
 from search.pipeline import Prepared, prepare
 
@@ -186,19 +187,46 @@ class LatencyOptions:
     batch: int = 256
     threads: int = 1
     clock: str = "wall"  # or "cpu": the timing thread's CPU time (a shared machine)
+    runtime: str = "torch"  # or "onnxruntime": the point exported and run by onnxruntime (fp32)
 
 
 def _host_tables(run: LoadedRun, opts: LatencyOptions) -> tuple[Any, Any]:
-    """This machine's torch tables at batch 1 and ``opts.batch`` (measured once, cached)."""
+    """This machine's tables of ``opts.runtime`` (fp32) at batch 1 and ``opts.batch``
+    (measured once, cached)."""
     from search.profile import ProfileSettings, host_profile
     from search.profile._subject import subject_of
 
     batches = tuple(sorted({1, opts.batch}))
     profile = host_profile(subject_of(run.prepared), ProfileSettings(
-        entries=("torch/fp32",), batches=batches, threads=opts.threads, clock=opts.clock),
-        cache_dir=run.settings.cache_dir)
-    return (profile.table("torch", "fp32", 1),
-            profile.table("torch", "fp32", opts.batch))
+        entries=(f"{opts.runtime}/fp32",), batches=batches, threads=opts.threads,
+        clock=opts.clock), cache_dir=run.settings.cache_dir)
+    return (profile.table(opts.runtime, "fp32", 1),
+            profile.table(opts.runtime, "fp32", opts.batch))
+
+
+def _onnx_figures(run: LoadedRun, eenn: EENN, x: torch.Tensor, tables: tuple[Any, Any],
+                  opts: LatencyOptions) -> LatencyFigures:
+    """:class:`LatencyFigures` of ``eenn`` exported to ONNX and run by onnxruntime (the
+    manifest's stage loop at batch 1, its pooled loop at the throughput batch)."""
+    import tempfile
+
+    from search.deploy._onnx_timing import OnnxEENN
+
+    prep = run.prepared
+    with tempfile.TemporaryDirectory(prefix="eenn-evaluate-onnx-") as tmp:
+        onnx = OnnxEENN.export(eenn.cpu().eval(), out=Path(tmp), example=x[:1],
+                               platform=prep.platform, costs=prep.costs,
+                               candidates=prep.profile.candidates, threads=opts.threads)
+        xs = x.numpy()
+        taken = onnx.exits(xs)
+        n1 = min(opts.samples, len(xs))
+        return LatencyFigures(
+            measured_b1_s=onnx.latency(xs[:n1], repeats=opts.repeats, clock=tables[0].clock),
+            predicted_b1_s=predicted_latency(tables[0], eenn, taken[:n1]),
+            measured_batch_s=onnx.latency_pooled(xs, batch=tables[1].batch,
+                                                 repeats=opts.repeats, clock=tables[1].clock),
+            predicted_batch_s=predicted_latency(tables[1], eenn, taken),
+            batch=tables[1].batch, threads=tables[0].threads, samples=n1)
 
 
 def _latency_columns(run: LoadedRun, config: EENNConfig, tables: tuple[Any, Any],
@@ -209,13 +237,14 @@ def _latency_columns(run: LoadedRun, config: EENNConfig, tables: tuple[Any, Any]
     eenn = build_eenn(prep.model, config, candidates=prep.profile.candidates,
                       heads=prep.heads.heads, n_devices=prep.platform.n_devices)
     x = torch.cat([b.float() for b, _ in iter_batches(prep.data.test, 1024)])
-    f = latency_figures(eenn, x, b1=tables[0], batched=tables[1], repeats=opts.repeats,
-                        samples_b1=opts.samples)
+    f = (_onnx_figures(run, eenn, x, tables, opts) if opts.runtime == "onnxruntime" else
+         latency_figures(eenn, x, b1=tables[0], batched=tables[1], repeats=opts.repeats,
+                         samples_b1=opts.samples))
     return {"measured_latency_b1_s": f.measured_b1_s, "predicted_latency_b1_s": f.predicted_b1_s,
             "measured_latency_batch_s": f.measured_batch_s,
             "predicted_latency_batch_s": f.predicted_batch_s, "latency_batch": f.batch,
             "latency_threads": f.threads, "latency_samples": f.samples,
-            "latency_clock": tables[0].clock}
+            "latency_clock": tables[0].clock, "latency_runtime": opts.runtime}
 
 
 def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> dict[str, Any]:
@@ -343,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="torch threads while timing (pinned, recorded)")
     parser.add_argument("--clock", default=LatencyOptions.clock, choices=["wall", "cpu"],
                         help="wall-clock, or the timing thread's CPU time (a shared machine)")
+    parser.add_argument("--runtime", default=LatencyOptions.runtime,
+                        choices=["torch", "onnxruntime"],
+                        help="time the point in torch (default) or exported to onnxruntime")
     args = parser.parse_args(argv)
     console = terminal_console()
     with one_line_errors():
@@ -352,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
         opts = (LatencyOptions(samples=args.latency_samples, repeats=args.latency_repeats,
                                batch=args.latency_batch, threads=args.threads,
-                               clock=args.clock)
+                               clock=args.clock, runtime=args.runtime)
                 if args.latency else None)
         df = evaluate_run(args.run, points=args.points, batch_size=args.batch_size,
                           latency=opts)

@@ -175,19 +175,23 @@ def test_in_context_times_add_up_to_the_running_eenn() -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_writes_measured_against_predicted_latency(tiny_run: Path) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_evaluate_writes_measured_against_predicted_latency(tiny_run: Path, runtime: str) -> None:
     from search.deploy.evaluate import LatencyOptions, evaluate_run, load_run
     from search.report._records import get_predicted_measured
     from search.rundir import load_run as load_folder
 
     run = load_run(tiny_run)
     df = evaluate_run(tiny_run, points="chosen", run=run,
-                      latency=LatencyOptions(samples=20, repeats=2, batch=32))
+                      latency=LatencyOptions(samples=20, repeats=2, batch=32, runtime=runtime))
     row = df.iloc[0]
     for col in ("measured_latency_b1_s", "predicted_latency_b1_s", "measured_latency_batch_s",
                 "predicted_latency_batch_s"):
         assert row[col] > 0, col
     assert row["latency_batch"] == 32 and row["latency_threads"] == 1
+    assert row["latency_runtime"] == runtime
+    # measured and predicted come from the same runtime (generous: a shared machine, tiny model)
+    assert 0.2 < row["predicted_latency_b1_s"] / row["measured_latency_b1_s"] < 5.0
     pairs = {p.quantity for p in get_predicted_measured(load_folder(tiny_run))}
     assert {"latency_b1_s", "latency_batch_s"} <= pairs  # the report plots them
 
