@@ -50,8 +50,8 @@ from evaluators.eenn import EENNConfig
 from evaluators.features import iter_batches
 from evaluators.platform import Device, Platform
 from search.deploy._latency import measure_latency, predicted_latency
+from search.deploy._loaded import LoadedRun, load_run, select_trials
 from search.deploy._onnx_timing import OnnxEENN
-from search.deploy.evaluate import LoadedRun, load_run, select_trials
 from search.deploy.runtime import EENN, build_eenn
 from search.profile import ProfileSettings, measure_profile
 from search.profile._subject import subject_of

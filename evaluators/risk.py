@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,8 @@ __all__ = [
     "val_parts",
 ]
 
-METHODS: tuple[str, ...] = ("uncertified", "fixed_sequence", "bonferroni")
+METHODS: tuple[str, ...] = ("uncertified", "fixed_sequence", "bonferroni", "auto")
+_CERTIFYING = ("fixed_sequence", "bonferroni")
 _KEY = "constraints.guarantee"
 
 
@@ -67,21 +68,51 @@ _KEY = "constraints.guarantee"
 class GuaranteeSpec:
     """``constraints.guarantee``: certify the chosen point on a held-out calibration split.
 
-    ``method``: ``uncertified`` (off: today's per-candidate Wilson rule on all of val),
-    ``fixed_sequence`` or ``bonferroni`` (module doc); ``epsilon``: the certified accuracy
+    ``method``: ``auto`` (the default: ``fixed_sequence`` where val is large enough to
+    certify, else ``uncertified`` with a note; :meth:`for_val`), ``uncertified`` (off:
+    today's per-candidate Wilson rule on all of val), ``fixed_sequence`` or ``bonferroni``
+    (module doc); ``epsilon``: the certified accuracy
     drop (``None``: ``constraints.max_accuracy_drop``); ``delta``: the allowed probability
     that the guarantee fails; ``calibration_share``: share of val held out for certification
     (stratified by label; the search and its threshold grid see only the rest).
     """
 
-    method: str = "uncertified"
+    method: str = "auto"
     epsilon: float | None = None
     delta: float = 0.1
     calibration_share: float = 0.5
 
     @property
     def active(self) -> bool:
-        return self.method != "uncertified"
+        """Certifies (``auto`` is not yet resolved: :meth:`for_val` decides)."""
+        return self.method in _CERTIFYING
+
+    def for_val(self, n_val: int, *,
+                max_accuracy_drop: float | None) -> tuple[GuaranteeSpec, str | None]:
+        """``auto`` resolved for ``n_val`` val samples, and a note when it does not certify.
+
+        ``auto`` is ``fixed_sequence`` where the calibration share of val can certify anything
+        (:meth:`check_sizes`) and there is a drop to certify, else ``uncertified`` with a note
+        that says why and what would certify. Other methods come back unchanged (too small a
+        calibration part is then :meth:`check_sizes`' error).
+        """
+        if self.method != "auto":
+            return self, None
+        off = replace(self, method="uncertified")
+        epsilon = self.epsilon if self.epsilon is not None else max_accuracy_drop
+        if epsilon is None or not 0.0 < epsilon < 1.0:
+            return off, None  # no accuracy drop to certify
+        spec = replace(self, method="fixed_sequence", epsilon=epsilon)
+        try:
+            spec.check_sizes(n_val)
+        except ConfigError:
+            n_cal = round(self.calibration_share * n_val)
+            return off, (f"the chosen point is not certified: {n_cal} of {n_val} val samples for "
+                         f"calibration ({_KEY}.calibration_share={self.calibration_share:g}) "
+                         f"cannot certify epsilon={spec.epsilon:g} at delta={self.delta:g}, "
+                         f"which needs at least {spec.min_calibration}; give more val samples "
+                         f"or set {_KEY}.method=uncertified to silence this")
+        return spec, None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> GuaranteeSpec:
@@ -216,8 +247,8 @@ def certify(*, losses: NDArray[np.int64], n: int, order: NDArray[np.int64],
     ``order``: the fixed sequence (candidate indices, first tested first), chosen without
     the calibration data; ignored by ``bonferroni``.
     """
-    if method not in METHODS[1:]:
-        raise ValueError(f"{_KEY}.method={method!r} is not one of {METHODS[1:]}")
+    if method not in _CERTIFYING:
+        raise ValueError(f"{_KEY}.method={method!r} is not one of {_CERTIFYING}")
     losses = np.asarray(losses, dtype=np.int64)
     from scipy.stats import binom  # imported here: ~0.6 s that uncertified runs never need
 

@@ -20,7 +20,7 @@ name the fix, so the checks are all here. ``python -m search --cfg job`` prints 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from evaluators.settings import (
 from search.settings import SearchSettings
 from spaces.settings import SpaceSettings
 
-__all__ = ["ConfigError", "ExperimentSettings", "parse_config", "register", "to_config"]
+__all__ = ["ConfigError", "ExperimentSettings", "parse_config", "register", "resolve_guarantee",
+           "to_config"]
 
 CACHE_DIR_ENV, CACHE_DIR = "EENN_CACHE_DIR", "results/cache"
 _GROUPS = ("model", "data", "platform", "heads", "space", "search", "features", "constraints")
@@ -133,6 +134,16 @@ def parse_config(cfg: Any) -> ExperimentSettings:
     )
     settings.space.check_platform(settings.platform)
     return settings
+
+
+def resolve_guarantee(settings: ExperimentSettings, *,
+                      n_val: int) -> tuple[ExperimentSettings, str | None]:
+    """``settings`` with ``constraints.guarantee.method=auto`` resolved for ``n_val`` val
+    samples (:meth:`evaluators.risk.GuaranteeSpec.for_val`), and the note when it does not
+    certify. Done once the val split's size is known, before it is cut."""
+    c = settings.constraints
+    spec, note = c.guarantee.for_val(n_val, max_accuracy_drop=c.max_accuracy_drop)
+    return replace(settings, constraints=replace(c, guarantee=spec)), note
 
 
 def _defaults() -> dict[str, Any]:

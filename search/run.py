@@ -22,7 +22,7 @@ from evaluators.eenn import EENNConfig
 from evaluators.proxy import ProxyEvaluator
 from evaluators.risk import val_parts
 from search._console import terminal_console
-from search.config import ExperimentSettings, parse_config, to_config
+from search.config import ExperimentSettings, parse_config, resolve_guarantee, to_config
 from search.loop import SearchResult, run_search
 from search.pipeline import Prepared, prepare
 from search.report import write_report
@@ -244,10 +244,12 @@ def run(
     # written once preparation succeeded, so a failing call never overwrites a run's config
     (run_dir / CONFIG).write_text(yaml.safe_dump(to_config(settings), sort_keys=False))
     table = prepared.predictions
+    settings, certify_note = resolve_guarantee(settings, n_val=len(table.val.labels))
     search_val, calibration = val_parts(settings.constraints.guarantee, table.val,
                                         seed=settings.data_seed)
     space = build_space(settings.space, val=search_val, platform=prepared.platform)
-    notes = [n for n in (settings.constraints.val_size_note(len(search_val.labels)),) if n]
+    notes = [n for n in (certify_note,
+                         settings.constraints.val_size_note(len(search_val.labels))) if n]
     for note in notes:  # before the search: it cannot find an EENN with an exit
         console.print(f"[bold yellow]warning:[/] {note}")
     grid = space.threshold_grid

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 
 from evaluators.settings import plain
 from search.backends._storage import check_shared_study, redacted
-from search.config import ExperimentSettings, parse_config
+from search.config import ExperimentSettings, parse_config, resolve_guarantee
 from search.errors import one_line_errors
 from search.rundir import WORKER
 from search.settings import SearchSettings
@@ -95,6 +95,7 @@ def work(cfg: ExperimentSettings | Mapping[str, Any] | DictConfig, *, run_dir: P
     run_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(settings, progress=progress)
     table = prepared.predictions
+    settings, _ = resolve_guarantee(settings, n_val=len(table.val.labels))
     search_val, calibration = val_parts(settings.constraints.guarantee, table.val,
                                         seed=settings.data_seed)  # the same cut in every worker
     space = build_space(settings.space, val=search_val, platform=prepared.platform)

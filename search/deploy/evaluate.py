@@ -44,93 +44,21 @@ from evaluators.device import resolve_device
 from evaluators.eenn import METRICS, EENNConfig, exit_shares
 from evaluators.features import precision_mode
 from evaluators.predictions import SplitPredictions
-from evaluators.proxy import ProxyEvaluator
+from evaluators.proxy import ConfigBatch, ProxyEvaluator
 from search import rundir
 from search._console import terminal_console
-from search.config import ExperimentSettings, parse_config
 from search.deploy._latency import LatencyFigures, latency_figures, predicted_latency
+from search.deploy._loaded import LoadedRun, load_run, select_trials
 from search.deploy.runtime import EENN, RunRecord, build_eenn, run_dataset
 from search.errors import one_line_errors
-from search.pipeline import Prepared, prepare
+from search.pipeline import Prepared
+from search.results import exit_lists
 
 __all__ = ["EVALUATED", "TIE_TOLERANCE", "LatencyOptions", "LoadedRun", "compare_exits",
            "evaluate_run", "load_run", "main", "predicted_exits", "select_trials"]
 
 EVALUATED = rundir.EVALUATED
 TIE_TOLERANCE = 1e-6  # |table confidence - threshold| below which float32 kernel noise may flip
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class LoadedRun:
-    """A run folder reloaded: its config, trials, summary and the prepared pipeline."""
-
-    run_dir: Path
-    settings: ExperimentSettings
-    trials: pd.DataFrame
-    summary: dict[str, Any]
-    chosen: dict[str, Any]
-    prepared: Prepared
-
-
-def load_run(run_dir: Path, *, progress: bool = False) -> LoadedRun:
-    """Reload ``run_dir``; the backbone and candidates must be those the run searched."""
-    run_dir = Path(run_dir)
-    folder = rundir.load_run(run_dir)
-    trials, summary, chosen, cfg = folder.trials, folder.summary, folder.chosen or {}, folder.config
-    if cfg is None:
-        raise FileNotFoundError(f"{run_dir} has no config.yaml or .hydra/config.yaml; is it a run "
-                                "folder written by python -m search?")
-    model_cfg = cfg.get("model") or {}
-    if not model_cfg.get("checkpoint") and summary.get("backbone_checkpoint"):
-        # the run trained its backbone: reuse that very file, never retrain behind the user's back
-        checkpoint = Path(str(summary["backbone_checkpoint"]))
-        if not checkpoint.is_file():
-            raise ValueError(f"run {run_dir} used the backbone {checkpoint}, which is gone; "
-                             "restore it (or the run's cache_dir) or start a new run "
-                             "with python -m search")
-        cfg = {**cfg, "model": {**model_cfg, "checkpoint": str(checkpoint)}}
-    settings = parse_config(cfg)
-    prepared = prepare(settings, progress=progress)
-    want, have = summary.get("weights_hash"), prepared.backbone.weights_hash
-    if want and want != have:
-        raise ValueError(f"the backbone no longer matches run {run_dir}: weights hash {have[:12]} "
-                         f"!= {str(want)[:12]} in summary.json; restore the run's checkpoint/cache "
-                         "or start a new run with python -m search")
-    names = [c["name"] for c in summary.get("candidates", [])]
-    if names and names != list(prepared.costs.candidate_names):
-        raise ValueError(f"the exit candidates changed since run {run_dir} ({names} -> "
-                         f"{list(prepared.costs.candidate_names)}); start a new run")
-    return LoadedRun(run_dir=run_dir, settings=settings, trials=trials, summary=summary,
-                     chosen=chosen, prepared=prepared)
-
-
-def select_trials(trials: pd.DataFrame, chosen: dict[str, Any], points: str,
-                  *, strategy: str | None = None) -> list[int]:
-    """Trial ids for ``points``: all, pareto (main strategy), chosen, or ``i,j,k``."""
-    points = str(points).strip()
-    known = set(int(t) for t in trials["trial"])
-    if points == "all":
-        return sorted(known)
-    if points == "pareto":
-        rows = trials[trials["pareto"].astype(bool)]
-        if strategy is not None:
-            rows = rows[rows["strategy"] == strategy]
-        return sorted(int(t) for t in rows["trial"])
-    if points == "chosen":
-        if chosen.get("trial") is None:
-            raise ValueError("chosen.yaml names no trial (the run found no point); "
-                             "pass --points pareto or trial ids")
-        return [int(chosen["trial"])]
-    try:
-        wanted = [int(p) for p in points.split(",") if p.strip()]
-    except ValueError:
-        raise ValueError(f"--points {points!r} is not all, pareto, chosen or trial ids "
-                         "like 3,17,42") from None
-    bad = [t for t in wanted if t not in known]
-    if bad or not wanted:
-        raise ValueError(f"--points {points!r}: trial(s) {bad} not in trials.parquet "
-                         f"(trials {min(known)}..{max(known)})")
-    return wanted
 
 
 def predicted_exits(split: SplitPredictions, config: EENNConfig) -> NDArray[np.int64]:
@@ -247,6 +175,22 @@ def _latency_columns(run: LoadedRun, config: EENNConfig, tables: tuple[Any, Any]
             "latency_clock": tables[0].clock, "latency_runtime": opts.runtime}
 
 
+def _predicted_val(prep: Prepared, config: EENNConfig) -> dict[str, Any]:
+    """The proxy's figures for ``config`` on all of val, the split the EENN runs on here.
+
+    Not the trial's logged figures: a run with a certified guarantee searched on val's search
+    part only (the rest certified), so its logged figures describe a subset of val.
+    """
+    batch = ConfigBatch.from_configs([config])
+    s = ProxyEvaluator(split=prep.predictions.val, costs=prep.costs,
+                       platform=prep.platform).evaluate(batch)
+    fractions, _ = exit_lists(batch, s)
+    return {"predicted_accuracy": float(s.accuracy[0]), "predicted_macs": float(s.macs[0]),
+            "predicted_energy_j": float(s.energy_j[0]),
+            "predicted_latency_s": float(s.latency_s[0]),
+            "predicted_exit_fractions": rundir.json_list(fractions[0])}
+
+
 def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> dict[str, Any]:
     """Measured val/test figures of one configuration and its agreement with the proxy."""
     prep = run.prepared
@@ -276,6 +220,7 @@ def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> 
         out["exit_match" if split == "val" else "exit_match_test"] = mismatch == 0
         out[f"exit_mismatches_{suffix}"] = mismatch
         out[f"exit_mismatch_ties_{suffix}"] = ties
+    out.update(_predicted_val(prep, config))
     proxy_test = ProxyEvaluator(split=prep.predictions.test, costs=prep.costs,
                                 platform=prep.platform).evaluate([config])
     out["predicted_accuracy_test"] = float(proxy_test.accuracy[0])
@@ -307,10 +252,6 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
                 done[text].update(_latency_columns(run, config, tables, latency))
         rows.append({
             "trial": int(t), "strategy": row["strategy"], "config": text,
-            "predicted_accuracy": float(row["accuracy"]),
-            "predicted_macs": float(row["macs"]), "predicted_energy_j": float(row["energy_j"]),
-            "predicted_latency_s": float(row["latency_s"]),
-            "predicted_exit_fractions": str(row["exit_fractions"]),
             **done[text],
         })
     df = pd.DataFrame(rows)

@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = terminal_console()
     with one_line_errors(ExportError):
         if args.profile_kit:
-            from search.deploy.evaluate import load_run
+            from search.deploy._loaded import load_run
             from search.profile._subject import subject_of
             from search.profile.kit import write_kit
 
@@ -358,7 +358,7 @@ def export_point(run_dir: Path, *, point: str = "chosen", out: Path | None = Non
     ``int8`` also quantises the stages of int8 devices (calibrated on val) into
     ``manifest_int8.json`` and records its agreement with the float32 export on test.
     """
-    from search.deploy.evaluate import load_run, select_trials
+    from search.deploy._loaded import load_run, select_trials
     from search.deploy.runtime import build_eenn
 
     run = load_run(Path(run_dir))

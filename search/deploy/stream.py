@@ -53,7 +53,7 @@ class Point:
 
 
 def _trial(run: rundir.Run, point: str) -> tuple[int, dict[str, Any]]:
-    from search.deploy.evaluate import select_trials
+    from search.deploy._loaded import select_trials
 
     if point != "chosen" and not str(point).strip().isdigit():
         raise ValueError(f"--point {point!r} is not 'chosen' or a trial id")
@@ -89,7 +89,7 @@ def _inputs(run_dir: Path, split: str,
     import torch
 
     from evaluators.features import iter_batches
-    from search.deploy.evaluate import load_run
+    from search.deploy._loaded import load_run
 
     if split not in ("val", "test"):
         raise ValueError(f"--split {split!r} is not val or test")
@@ -125,7 +125,7 @@ def profile_stage_times(run_dir: Path, manifest_path: Path) -> list[float]:
     (:func:`search.profile.host_profile`: measured once per backbone and cached): the segments
     it runs as one call, then its head; int8 stages from the int8 table."""
     from evaluators.device_profile import stage_seconds
-    from search.deploy.evaluate import load_run
+    from search.deploy._loaded import load_run
     from search.profile import ProfileSettings, host_profile
     from search.profile._subject import subject_of
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -162,9 +163,19 @@ def test_too_small_a_calibration_share_names_the_share_that_works() -> None:
     assert bonf.min_calibration > spec.min_calibration  # each test at delta / path length
 
 
-def test_uncertified_is_the_default() -> None:
-    assert not ConstraintSpec().guarantee.active
-    assert ConstraintSpec().guarantee.method == "uncertified"
+def test_auto_is_the_default_and_certifies_where_val_allows() -> None:
+    spec = ConstraintSpec().guarantee
+    assert spec.method == "auto" and not spec.active  # resolved once val's size is known
+    on, note = spec.for_val(1000, max_accuracy_drop=0.01)
+    assert (on.method, on.epsilon, note) == ("fixed_sequence", 0.01, None)
+    assert on.check_sizes(1000) == (500, 500)
+    off, note = spec.for_val(300, max_accuracy_drop=0.01)  # 150 calibration samples < 230
+    assert off.method == "uncertified" and not off.active
+    assert note is not None and "needs at least 230" in note and "\n" not in note
+    assert spec.for_val(1000, max_accuracy_drop=None) == (replace(spec, method="uncertified"),
+                                                          None)  # no drop to certify
+    pinned = GuaranteeSpec(method="fixed_sequence")
+    assert pinned.for_val(300, max_accuracy_drop=0.01) == (pinned, None)  # asked: not softened
 
 
 def test_binomial_test_is_tight_at_the_boundary() -> None:

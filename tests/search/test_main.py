@@ -128,7 +128,8 @@ def test_cli_runs_and_bad_override_is_one_line(tmp_path: Path, cache_dir: Path) 
 @pytest.mark.slow
 def test_run_without_a_feasible_eenn_says_so(tmp_path: Path, cache_dir: Path) -> None:
     cfg = _compose([*TINY, f"cache_dir={cache_dir}", "search.budget=40",
-                    "constraints.max_latency_s=1e-9"])
+                    "constraints.max_latency_s=1e-9",
+                    "constraints.guarantee.method=uncertified"])  # no pre-search note
     text = io.StringIO()
     out = run(cfg, run_dir=tmp_path / "run", console=Console(file=text, width=200),
               progress=False)
