@@ -175,23 +175,34 @@ def _latency_columns(run: LoadedRun, config: EENNConfig, tables: tuple[Any, Any]
             "latency_clock": tables[0].clock, "latency_runtime": opts.runtime}
 
 
-def _predicted_val(prep: Prepared, config: EENNConfig) -> dict[str, Any]:
-    """The proxy's figures for ``config`` on all of val, the split the EENN runs on here.
+def _proxies(prep: Prepared) -> tuple[ProxyEvaluator, ProxyEvaluator]:
+    """The proxy on all of val and on test, built once per evaluated run."""
+    def proxy(split: SplitPredictions) -> ProxyEvaluator:
+        return ProxyEvaluator(split=split, costs=prep.costs, platform=prep.platform)
+
+    return proxy(prep.predictions.val), proxy(prep.predictions.test)
+
+
+def _predicted(config: EENNConfig, proxies: tuple[ProxyEvaluator, ProxyEvaluator]
+               ) -> dict[str, Any]:
+    """The proxy's figures for ``config`` on all of val (the split the EENN runs on here) and
+    its test accuracy.
 
     Not the trial's logged figures: a run with a certified guarantee searched on val's search
     part only (the rest certified), so its logged figures describe a subset of val.
     """
     batch = ConfigBatch.from_configs([config])
-    s = ProxyEvaluator(split=prep.predictions.val, costs=prep.costs,
-                       platform=prep.platform).evaluate(batch)
+    s, test = proxies[0].evaluate(batch), proxies[1].evaluate(batch)
     fractions, _ = exit_lists(batch, s)
     return {"predicted_accuracy": float(s.accuracy[0]), "predicted_macs": float(s.macs[0]),
             "predicted_energy_j": float(s.energy_j[0]),
             "predicted_latency_s": float(s.latency_s[0]),
-            "predicted_exit_fractions": rundir.json_list(fractions[0])}
+            "predicted_exit_fractions": rundir.json_list(fractions[0]),
+            "predicted_accuracy_test": float(test.accuracy[0])}
 
 
-def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> dict[str, Any]:
+def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int,
+                     proxies: tuple[ProxyEvaluator, ProxyEvaluator]) -> dict[str, Any]:
     """Measured val/test figures of one configuration and its agreement with the proxy."""
     prep = run.prepared
     device = resolve_device(run.settings.device)
@@ -220,10 +231,7 @@ def _evaluate_config(run: LoadedRun, config: EENNConfig, *, batch_size: int) -> 
         out["exit_match" if split == "val" else "exit_match_test"] = mismatch == 0
         out[f"exit_mismatches_{suffix}"] = mismatch
         out[f"exit_mismatch_ties_{suffix}"] = ties
-    out.update(_predicted_val(prep, config))
-    proxy_test = ProxyEvaluator(split=prep.predictions.test, costs=prep.costs,
-                                platform=prep.platform).evaluate([config])
-    out["predicted_accuracy_test"] = float(proxy_test.accuracy[0])
+    out.update(_predicted(config, proxies))
     out["generalisation_gap"] = out["measured_accuracy_test"] - out["measured_accuracy_val"]
     return out
 
@@ -240,6 +248,7 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
     strategy = run.summary.get("strategy")
     trial_ids = select_trials(run.trials, run.chosen, points, strategy=strategy)
     by_trial = run.trials.set_index("trial")
+    proxies = _proxies(run.prepared)
     done: dict[str, dict[str, Any]] = {}  # identical configs are measured once
     rows = []
     for t in trial_ids:
@@ -247,7 +256,8 @@ def evaluate_run(run_dir: Path, *, points: str = "pareto", batch_size: int = 256
         text = str(row["config"])
         if text not in done:
             config = rundir.config_from_json(text, where=f"{run.run_dir} trial {t}")
-            done[text] = _evaluate_config(run, config, batch_size=batch_size)
+            done[text] = _evaluate_config(run, config, batch_size=batch_size,
+                                          proxies=proxies)
             if latency is not None and tables is not None:
                 done[text].update(_latency_columns(run, config, tables, latency))
         rows.append({
