@@ -93,6 +93,8 @@ def _mac_platform(run: LoadedRun) -> Platform:
 def _points(run: LoadedRun) -> dict[int, EENNConfig]:
     trials = run.trials.set_index("trial")
     ids = select_trials(run.trials, run.chosen, "pareto", strategy=run.summary.get("strategy"))
+    # and the chosen point, which a certified run may take off the front (a path step)
+    ids = sorted({*ids, *select_trials(run.trials, run.chosen, "chosen")})
     return {t: config_from_json(str(trials.loc[t, "config"])) for t in ids}
 
 
